@@ -235,6 +235,9 @@ def make_model(
     lo_default, hi_default = (-np.inf, np.inf) if expression_kind == "pca" else (0.0, 1.0)
     expression_lower = vector(expression_lower, n_e, lo_default, "expression_lower")
     expression_upper = vector(expression_upper, n_e, hi_default, "expression_upper")
+    for what, bound in (("expression_lower", expression_lower), ("expression_upper", expression_upper)):
+        if np.any(np.isnan(bound)):
+            raise ValueError(f"{what}: contains NaN (use -inf/inf for an unbounded side)")
     if np.any(expression_lower > expression_upper):
         raise ValueError("expression_lower must not exceed expression_upper")
     for what, arr in (
@@ -247,7 +250,11 @@ def make_model(
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{what}: contains NaN or infinite values")
 
-    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    tri = np.asarray(triangles, dtype=np.int64)
+    if tri.size == 0:
+        tri = tri.reshape(0, 3)
+    if tri.ndim != 2 or tri.shape[1] != 3:
+        raise ValueError(f"triangles: expected shape (T, 3), got {tri.shape}")
     if tri.size and (tri.min() < 0 or tri.max() >= n):
         raise ValueError(f"triangles: vertex index out of range [0, {n})")
     names = tuple(str(s) for s in expression_names) or tuple(f"e{k}" for k in range(n_e))
@@ -363,8 +370,8 @@ def landmarks(model: MorphableModel, identity, expression) -> jax.Array:
     """The model's landmark points (iBUG order), gathering only those rows.
 
     Landmarks without a fixed vertex (``landmark_mask(model)`` False) are
-    returned at the mean of the model's landmark vertices so the output stays
-    finite; mask them out when fitting.
+    returned at the mean of the model's landmark vertices (at vertex 0 when the
+    model has none) so the output stays finite; mask them out when fitting.
 
     Args:
       identity, expression: as in :func:`shape`.
@@ -382,7 +389,9 @@ def landmarks(model: MorphableModel, identity, expression) -> jax.Array:
     mask = landmark_mask(model)
     idx = np.asarray(model.landmark_indices, dtype=np.int64)
     points = vertices_at(model, np.where(mask, idx, 0), identity, expression)
-    if mask.all():
+    if mask.all() or not mask.any():
+        # With no fixed landmark at all the mean below would be over nothing (NaN);
+        # the gathered points already sit at vertex 0 then.
         return points
     centre = jnp.mean(points[..., mask, :], axis=-2, keepdims=True)
     return jnp.where(mask[:, None], points, centre)
@@ -400,7 +409,8 @@ def sample(
 
     Identity ~ N(0, identity_scale²). Expression ~ N(0, expression_scale²) for a
     PCA basis; for blendshapes, uniform on ``[lower, lower + expression_scale ·
-    (upper − lower)]`` (unbounded sides are replaced by a unit range).
+    (upper − lower)]`` (an unbounded side is replaced by one unit beyond the
+    bounded one, ``[0, 1]`` when both are unbounded).
 
     Args:
       model: the morphable model.
@@ -423,8 +433,14 @@ def sample(
     if model.expression_kind == "pca":
         expression = expression_scale * jax.random.normal(key_exp, (*batch_shape, model.n_expression))
     else:
-        lower = jnp.where(jnp.isfinite(model.expression_lower), model.expression_lower, 0.0)
-        upper = jnp.where(jnp.isfinite(model.expression_upper), model.expression_upper, lower + 1.0)
+        # An unbounded side is placed one unit from the bounded one (so an upper
+        # bound below zero with no lower bound is still respected).
+        finite_lower = jnp.isfinite(model.expression_lower)
+        finite_upper = jnp.isfinite(model.expression_upper)
+        lower = jnp.where(
+            finite_lower, model.expression_lower, jnp.where(finite_upper, model.expression_upper - 1.0, 0.0)
+        )
+        upper = jnp.where(finite_upper, model.expression_upper, lower + 1.0)
         u = jax.random.uniform(key_exp, (*batch_shape, model.n_expression))
         expression = lower + expression_scale * u * (upper - lower)
     return identity, expression

@@ -69,8 +69,11 @@ def axis_angle_to_matrix(rotation: jax.Array) -> jax.Array:
     theta2 = jnp.sum(rotation * rotation, axis=-1)
     safe_theta = jnp.where(small, 1.0, theta)
     # sin(θ)/θ and (1−cos θ)/θ², with Taylor series near zero for finite gradients.
+    # (1−cos θ)/θ² is evaluated as ½·(sin(θ/2)/(θ/2))²: the direct form cancels
+    # catastrophically in float32 for small θ (its derivative is off by ~1e-4 at θ≈1e-4).
     a = jnp.where(small, 1.0 - theta2 / 6.0, jnp.sin(safe_theta) / safe_theta)
-    b = jnp.where(small, 0.5 - theta2 / 24.0, (1.0 - jnp.cos(safe_theta)) / (safe_theta**2))
+    half_sinc = jnp.sin(safe_theta / 2) / (safe_theta / 2)
+    b = jnp.where(small, 0.5 - theta2 / 24.0, 0.5 * half_sinc * half_sinc)
     k = _skew(rotation)
     eye = jnp.broadcast_to(jnp.eye(3, dtype=rotation.dtype), k.shape)
     return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
