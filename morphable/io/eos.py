@@ -424,7 +424,7 @@ def read_eos_model(path) -> EosModelData:
             name = reader.string(f"the name of landmark definition {k}")
             landmark_definitions[name] = reader.int32(f"the vertex of landmark definition {name!r}")
         _check_indices(
-            reader, np.fromiter(landmark_definitions.values(), np.int64, n), shape.n_vertices, "landmark definitions"
+            reader, np.fromiter(landmark_definitions.values(), np.int64, len(landmark_definitions)), shape.n_vertices, "landmark definitions"
         )
 
     n_uv = reader.count("the texture coordinates", 16)

@@ -82,6 +82,8 @@ def load_model(path: str | os.PathLike) -> MorphableModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a deepexp3d model file (not an .npz archive, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "metadata" not in data.files:
