@@ -423,9 +423,8 @@ def read_eos_model(path) -> EosModelData:
         for k in range(n):
             name = reader.string(f"the name of landmark definition {k}")
             landmark_definitions[name] = reader.int32(f"the vertex of landmark definition {name!r}")
-        _check_indices(
-            reader, np.fromiter(landmark_definitions.values(), np.int64, len(landmark_definitions)), shape.n_vertices, "landmark definitions"
-        )
+        vertices = np.array(list(landmark_definitions.values()), np.int64)
+        _check_indices(reader, vertices, shape.n_vertices, "landmark definitions")
 
     n_uv = reader.count("the texture coordinates", 16)
     texture_coordinates = reader.array("<f8", 2 * n_uv, "the texture coordinates").reshape(n_uv, 2)
