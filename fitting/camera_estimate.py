@@ -48,6 +48,7 @@ def _weighted_mean(points: jax.Array, weights: jax.Array, total: jax.Array) -> j
     return jnp.sum(points * weights[..., None], axis=-2) / total[..., None]
 
 
+@jax.jit
 def estimate_weak_perspective(
     points3d: jax.Array, points2d: jax.Array, weights: jax.Array | None = None
 ) -> tuple[WeakPerspectiveCamera, jax.Array]:

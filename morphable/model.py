@@ -305,10 +305,16 @@ def _check_coefficients(model: MorphableModel, identity, expression):
     return identity, expression
 
 
+def _offset(basis: jax.Array, coefficients: jax.Array) -> jax.Array:
+    # A plain (..., K) x (K, 3N) matmul: XLA's CPU backend runs this about twice
+    # as fast as the equivalent einsum over the (N, 3, K) layout.
+    n, _, k = basis.shape
+    flat = coefficients @ basis.reshape(n * 3, k).T
+    return flat.reshape(*coefficients.shape[:-1], n, 3)
+
+
 def _evaluate(mean, identity_basis, identity_std, expression_basis, expression_std, identity, expression):
-    id_offset = jnp.einsum("nck,...k->...nc", identity_basis, identity * identity_std)
-    exp_offset = jnp.einsum("nck,...k->...nc", expression_basis, expression * expression_std)
-    return mean + id_offset + exp_offset
+    return mean + _offset(identity_basis, identity * identity_std) + _offset(expression_basis, expression * expression_std)
 
 
 def shape(model: MorphableModel, identity, expression) -> jax.Array:

@@ -28,8 +28,8 @@ read by scalismo's ``StatismoIO.scala`` and scalismo-faces' ``MoMoIO.scala``):
     mean to the shape instance), ``/shape/representer/points`` ``(3, N)`` and
     ``/shape/representer/cells`` ``(3, T)`` 0-based.
   * ``pcaBasis`` is **orthonormal** for file format 0.9 and 1.x (written in
-    ``/version/majorVersion``, ``/version/minorVersion``; the BFM 2017/2019
-    files are 0.9), but **already scaled by** ``sqrt(pcaVariance)`` in the old
+    ``/version/majorVersion``, ``/version/minorVersion``; scalismo-faces, which
+    writes the BFM 2017/2019 files, writes 0.9), but **already scaled by** ``sqrt(pcaVariance)`` in the old
     0.8 format (scalismo's ``extractOrthonormalPCABasisMatrix``). Without a
     version we infer which from the column norms.
   * Coordinates are in millimetres (same maintainer statement as above).
@@ -256,7 +256,8 @@ def _statismo_scaled_basis(handle, group: str, path: Path, version, requested, w
     """Read ``group``'s mean ``(3N,)`` and its first columns as ``U·sqrt(variance)``."""
     mean = _flat_vector(_dataset(handle, f"{group}/model/mean", path)[()], path, f"/{group}/model/mean")
     basis_ds = _dataset(handle, f"{group}/model/pcaBasis", path)
-    variance = _flat_vector(_dataset(handle, f"{group}/model/pcaVariance", path)[()], path, f"/{group}/model/pcaVariance")
+    variance_name = f"{group}/model/pcaVariance"
+    variance = _flat_vector(_dataset(handle, variance_name, path)[()], path, f"/{variance_name}")
     if len(basis_ds.shape) != 2 or basis_ds.shape[0] != mean.size:
         raise ValueError(
             f"{path}: '/{group}/model/pcaBasis' should have shape ({mean.size}, K), got {tuple(basis_ds.shape)}"

@@ -136,7 +136,9 @@ _BUILTIN_ALLOWLIST = {
 }
 
 # Every class from these modules becomes an inert record (never imported).
-_CHUMPY_MODULES = frozenset({"chumpy", "chumpy.ch", "chumpy.ch_ops", "chumpy.reordering", "chumpy.linalg", "chumpy.utils"})
+_CHUMPY_MODULES = frozenset(
+    {"chumpy", "chumpy.ch", "chumpy.ch_ops", "chumpy.reordering", "chumpy.linalg", "chumpy.utils"}
+)
 _SPARSE_CLASSES = frozenset({"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"})
 _SPARSE_MODULES = frozenset(
     {"scipy.sparse", "scipy.sparse.csc", "scipy.sparse.csr", "scipy.sparse.coo"}
