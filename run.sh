@@ -35,7 +35,14 @@ case "$command" in
       echo "pytest collected no tests: treating this as a failure" >&2
       exit 1
     fi
-    exit "$status"
+    if [ "$status" -ne 0 ]; then
+      exit "$status"
+    fi
+    echo "building the documentation (mkdocs build --strict)..."
+    site="$(mktemp -d)"
+    NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet -d "$site"
+    rm -rf "$site"
+    echo "documentation built"
     ;;
   *)
     echo "usage: bash run.sh demo [options] | bash run.sh test [pytest arguments]" >&2

@@ -71,7 +71,8 @@ def render_mesh(
     order = order[facing[order]]
     colors = np.clip(np.asarray(color)[None, :] * shade[order, None], 0, 1)
     polygons = corners[order][:, :, :2]
-    ax.add_collection(PolyCollection(polygons, facecolors=colors, edgecolors="none"))
+    # Edges in the face colour close the hairline gaps anti-aliasing leaves between polygons.
+    ax.add_collection(PolyCollection(polygons, facecolors=colors, edgecolors=colors, linewidths=0.3))
     ax.set_xlim(v[:, 0].min(), v[:, 0].max())
     ax.set_ylim(v[:, 1].min(), v[:, 1].max())
     ax.set_aspect("equal")

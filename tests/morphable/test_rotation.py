@@ -41,10 +41,12 @@ def _standard_inputs() -> dict[str, np.ndarray]:
     axis = rng.normal(size=(64, 3))
     axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
     rotvec = np.concatenate([axis * rng.uniform(0.0, np.pi - 1e-2, size=(64, 1)), _special_rotvecs()])
+    rotvec[0] = [0.0, 0.0, np.pi / 2]  # checked by hand below
     # Quaternions of any norm, some with w < 0 (the same rotation as −q).
     quaternion = rng.normal(size=(80, 4)) * rng.uniform(0.2, 5.0, size=(80, 1))
     quaternion[:10, 0] = -np.abs(quaternion[:10, 0])
     euler = rng.uniform([-179.0, -85.0, -179.0], [179.0, 85.0, 179.0], size=(80, 3))
+    euler[:3] = 90.0 * np.eye(3)  # pure yaw, pitch, roll: checked by hand below
     matrix = Rotation.from_rotvec(rotvec).as_matrix()
     return {"rotvec": rotvec, "quaternion": quaternion, "matrix": matrix, "euler": euler}
 
@@ -93,9 +95,9 @@ def test_axis_angle_to_matrix_matches_scipy_including_near_zero_and_pi(ours):
     np.testing.assert_allclose(ours["axis_angle_to_matrix"], expected, atol=ATOL32)
 
 
-def test_axis_angle_to_matrix_is_right_handed():
+def test_axis_angle_to_matrix_is_right_handed(ours):
     # A quarter turn about +z takes +x to +y (scipy agrees, but check the sign by hand too).
-    matrix = np.asarray(rot.axis_angle_to_matrix(jnp.array([0.0, 0.0, np.pi / 2])))
+    matrix = ours["axis_angle_to_matrix"][0]
     np.testing.assert_allclose(matrix @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-6)
 
 
@@ -149,40 +151,196 @@ def test_euler_to_matrix_is_scipy_intrinsic_yxz_and_extrinsic_zxy(ours):
     np.testing.assert_allclose(ours["euler_to_matrix"], extrinsic, atol=ATOL32)
 
 
-def test_euler_angles_turn_the_head_as_documented():
+def test_euler_angles_turn_the_head_as_documented(ours):
     # Yaw 90° turns the face normal (+z) to +x; pitch 90° turns +z to −y; roll 90° turns +x to +y.
-    matrices = np.asarray(rot.euler_to_matrix(90.0 * jnp.eye(3)))
+    matrices = ours["euler_to_matrix"][:3]
     np.testing.assert_allclose(matrices[0] @ [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(matrices[1] @ [0.0, 0.0, 1.0], [0.0, -1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(matrices[2] @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-6)
 
 
+def _assert_angles_close(actual, expected, atol):
+    """Degrees, compared modulo 360 (±180° are the same yaw or roll)."""
+    difference = (np.asarray(actual) - np.asarray(expected) + 180.0) % 360.0 - 180.0
+    np.testing.assert_allclose(difference, 0.0, atol=atol)
+
+
 def test_matrix_to_euler_matches_scipy_away_from_gimbal_lock(ours):
-    # The standard matrices are rotvec rotations: their pitch can come near ±90°.
-    matrices = INPUTS["matrix"]
-    expected = Rotation.from_matrix(matrices).as_euler("YXZ", degrees=True)
+    # The standard matrices are rotvec rotations: some have pitch near ±90°.
+    expected = Rotation.from_matrix(INPUTS["matrix"]).as_euler("YXZ", degrees=True)
     away = np.abs(expected[:, 1]) < 85.0
     assert away.sum() > 50
-    np.testing.assert_allclose(ours["matrix_to_euler"][away], expected[away], atol=5e-3)
-    # Pitch is in [−90, 90] everywhere and the angles give back the rotation.
+    _assert_angles_close(ours["matrix_to_euler"][away], expected[away], atol=5e-3)
+    # Pitch lies in [−90, 90] everywhere.
     assert np.all(np.abs(ours["matrix_to_euler"][:, 1]) <= 90.0)
-    np.testing.assert_allclose(
-        Rotation.from_euler("YXZ", ours["matrix_to_euler"][away], degrees=True).as_matrix(),
-        matrices[away],
-        atol=2e-5,
-    )
 
 
 def test_axis_angle_euler_conversions_match_scipy(ours):
-    np.testing.assert_allclose(
-        ours["axis_angle_to_euler"], Rotation.from_rotvec(INPUTS["rotvec"]).as_euler("YXZ", degrees=True)[:, :],
-        atol=5e-3, rtol=0,
-        err_msg="axis_angle_to_euler",
-    ) if False else None
-    rotations = Rotation.from_rotvec(INPUTS["rotvec"])
-    expected = rotations.as_euler("YXZ", degrees=True)
+    expected = Rotation.from_rotvec(INPUTS["rotvec"]).as_euler("YXZ", degrees=True)
     away = np.abs(expected[:, 1]) < 85.0
-    np.testing.assert_allclose(ours["axis_angle_to_euler"][away], expected[away], atol=5e-3)
-    np.testing.assert_allclose(
-        ours["euler_to_axis_angle"], Rotation.from_euler("YXZ", INPUTS["euler"], degrees=True).as_rotvec(), atol=3e-5
+    _assert_angles_close(ours["axis_angle_to_euler"][away], expected[away], atol=5e-3)
+    expected = Rotation.from_euler("YXZ", INPUTS["euler"], degrees=True).as_rotvec()
+    np.testing.assert_allclose(ours["euler_to_axis_angle"], expected, atol=3e-5)
+
+
+# ---------------------------------------------------------------------------
+# Round trips (our own conversions fed back through the same jitted function)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def round_trip(ours) -> dict[str, np.ndarray]:
+    # rotvec → matrix, quaternion → matrix, matrix (ours, from rotvec) → ..., Euler → ...
+    return _run(
+        rotvec=ours["matrix_to_axis_angle"],
+        quaternion=ours["axis_angle_to_quaternion"],
+        matrix=ours["axis_angle_to_matrix"],
+        euler=ours["matrix_to_euler"],
     )
+
+
+def test_round_trip_axis_angle_matrix_axis_angle(ours, round_trip):
+    rotvec = INPUTS["rotvec"]
+    # matrix(ours) → axis-angle recovers the vector away from π ...
+    np.testing.assert_allclose(round_trip["matrix_to_axis_angle"][~NEAR_PI], rotvec[~NEAR_PI], atol=2e-5)
+    # ... and the rotation everywhere (the axis sign flips at π).
+    np.testing.assert_allclose(round_trip["axis_angle_to_matrix"], ours["axis_angle_to_matrix"], atol=2e-5)
+
+
+def test_round_trip_axis_angle_quaternion_axis_angle(round_trip):
+    rotvec = INPUTS["rotvec"]
+    result = round_trip["quaternion_to_axis_angle"]
+    np.testing.assert_allclose(result[~NEAR_PI], rotvec[~NEAR_PI], atol=2e-5)
+    np.testing.assert_allclose(
+        Rotation.from_rotvec(result).as_matrix(), Rotation.from_rotvec(rotvec).as_matrix(), atol=2e-5
+    )
+
+
+def test_round_trip_quaternion_matrix_quaternion(ours, round_trip):
+    np.testing.assert_allclose(round_trip["quaternion_to_matrix"], ours["axis_angle_to_matrix"], atol=ATOL32)
+    quaternion = ours["axis_angle_to_quaternion"]
+    result = round_trip["matrix_to_quaternion"]
+    sign = np.where(np.sum(result * quaternion, axis=-1, keepdims=True) < 0, -1.0, 1.0)
+    assert np.all(sign[~NEAR_PI] > 0)
+    np.testing.assert_allclose(result, sign * quaternion, atol=2e-6)
+
+
+def test_round_trip_matrix_euler_matrix(ours, round_trip):
+    # Euler angles are unique only away from gimbal lock, the rotation always.
+    np.testing.assert_allclose(round_trip["euler_to_matrix"], ours["axis_angle_to_matrix"], atol=5e-5)
+    np.testing.assert_allclose(
+        Rotation.from_rotvec(round_trip["euler_to_axis_angle"]).as_matrix(), ours["axis_angle_to_matrix"], atol=5e-5
+    )
+
+
+# ---------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------
+
+_JACOBIAN_FORWARD = jax.jit(jax.jacfwd(rot.axis_angle_to_matrix))
+
+
+def _generators() -> np.ndarray:
+    """``K_k = skew(e_k)``, ``(3, 3, 3)``: the derivative of R(r) at r = 0 along r_k."""
+    out = np.zeros((3, 3, 3))
+    for k, (i, j) in enumerate([(2, 1), (0, 2), (1, 0)]):
+        out[k, i, j], out[k, j, i] = 1.0, -1.0
+    return out
+
+
+@jax.jit
+def _derivatives_at(rotvec):
+    point, target = jnp.array([0.3, -1.2, 0.7]), jnp.array([0.1, 0.2, 0.3])
+    quaternion = rot.axis_angle_to_quaternion(rotvec)
+    return {
+        "jacrev": jax.jacrev(rot.axis_angle_to_matrix)(rotvec),
+        "hessian": jax.hessian(rot.axis_angle_to_matrix)(rotvec),
+        "loss": jax.grad(lambda r: jnp.sum((rot.axis_angle_to_matrix(r) @ point - target) ** 2))(rotvec),
+        "to_quaternion": jax.jacfwd(rot.axis_angle_to_quaternion)(rotvec),
+        "from_quaternion": jax.jacrev(rot.quaternion_to_axis_angle)(quaternion),
+        "matrix_round_trip": jax.jacrev(lambda r: rot.matrix_to_axis_angle(rot.axis_angle_to_matrix(r)))(rotvec),
+        "euler_round_trip": jax.jacrev(lambda r: rot.euler_to_axis_angle(rot.axis_angle_to_euler(r)))(rotvec),
+    }
+
+
+def test_gradients_at_identity_are_finite_and_analytic():
+    derivatives = {k: np.asarray(v) for k, v in _derivatives_at(jnp.zeros(3)).items()}
+    for name, value in derivatives.items():
+        assert np.all(np.isfinite(value)), name
+    generators = _generators()
+    expected = np.moveaxis(generators, 0, -1)  # [i, j, k] = ∂R_ij/∂r_k = (K_k)_ij
+    np.testing.assert_allclose(np.asarray(_JACOBIAN_FORWARD(jnp.zeros(3))), expected, atol=1e-7)
+    np.testing.assert_allclose(derivatives["jacrev"], expected, atol=1e-7)
+    # R = I + K + K²/2 + O(θ³): the Hessian is the symmetrised product of generators.
+    products = np.einsum("aij,bjl->ilab", generators, generators)
+    np.testing.assert_allclose(derivatives["hessian"], 0.5 * (products + products.swapaxes(-1, -2)), atol=1e-6)
+    # d/dr |R(r) p − t|² at r = 0 is 2 p × (p − t).
+    point, target = np.array([0.3, -1.2, 0.7]), np.array([0.1, 0.2, 0.3])
+    np.testing.assert_allclose(derivatives["loss"], 2.0 * np.cross(point, point - target), atol=1e-6)
+    # q = (cos θ/2, sin(θ/2) axis): ∂q/∂r = [0; I/2] at 0, and its inverse [0, 2 I].
+    np.testing.assert_allclose(derivatives["to_quaternion"], np.vstack([np.zeros((1, 3)), 0.5 * np.eye(3)]), atol=1e-7)
+    np.testing.assert_allclose(derivatives["from_quaternion"], np.hstack([np.zeros((3, 1)), 2.0 * np.eye(3)]), atol=1e-6)
+    # The round trips are the identity map near r = 0.
+    np.testing.assert_allclose(derivatives["matrix_round_trip"], np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(derivatives["euler_round_trip"], np.eye(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("angle", [1e-5, 1e-4, 1e-3, 1e-1, np.pi - 1e-3])
+def test_jacobian_is_accurate_in_float32_at_small_and_large_angles(angle):
+    # Oracle: central differences of scipy's Rodrigues in float64.
+    rotvec, step = GENERIC_AXIS * angle, 1e-6
+    expected = np.stack(
+        [
+            (Rotation.from_rotvec(rotvec + step * e).as_matrix() - Rotation.from_rotvec(rotvec - step * e).as_matrix())
+            / (2 * step)
+            for e in np.eye(3)
+        ],
+        axis=-1,
+    )
+    result = np.asarray(_JACOBIAN_FORWARD(jnp.asarray(rotvec, jnp.float32)))
+    np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_check_grads_axis_angle_to_matrix_at_random_points():
+    rng = np.random.default_rng(1)
+    axis = rng.normal(size=(4, 3))
+    axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+    points = np.concatenate(
+        [axis * rng.uniform(0.1, np.pi - 0.05, size=(4, 1)), [[1e-3, -2e-3, 5e-4], [0.0, 0.0, 0.0]]]
+    )
+    with jax.enable_x64(True):
+        # Each row is an independent rotation, so one batched check covers all six points.
+        check_grads(
+            jax.jit(rot.axis_angle_to_matrix), (jnp.asarray(points, jnp.float64),), order=2, modes=("fwd", "rev")
+        )
+
+
+# ---------------------------------------------------------------------------
+# Batch shapes
+# ---------------------------------------------------------------------------
+
+OUT_SHAPES = {
+    "axis_angle_to_matrix": (3, 3),
+    "axis_angle_to_quaternion": (4,),
+    "axis_angle_to_euler": (3,),
+    "quaternion_to_matrix": (3, 3),
+    "quaternion_to_axis_angle": (3,),
+    "matrix_to_axis_angle": (3,),
+    "matrix_to_quaternion": (4,),
+    "matrix_to_euler": (3,),
+    "euler_to_matrix": (3, 3),
+    "euler_to_axis_angle": (3,),
+}
+
+
+@pytest.mark.parametrize("batch", [(), (1,), (3, 2)], ids=str)
+def test_batch_shapes_match_the_unbatched_rows(ours, batch):
+    count = int(np.prod(batch, dtype=int))
+    rows = np.arange(64 - count, 64)  # generic rotations
+    batched = _run(**{k: v[rows].reshape(*batch, *v.shape[1:]) for k, v in INPUTS.items()})
+    assert set(batched) == set(OUT_SHAPES)
+    for name, out_shape in OUT_SHAPES.items():
+        assert batched[name].shape == (*batch, *out_shape), name
+        np.testing.assert_allclose(
+            batched[name].reshape(count, *out_shape), ours[name][rows], atol=1e-5, err_msg=name
+        )

@@ -1,0 +1,535 @@
+"""Fit the morphable model to the 68 landmarks of single images.
+
+The energy is the one of :mod:`fitting.config`: landmark reprojection error
+(least squares or Huber) plus Gaussian / L2 priors on the identity and
+expression coefficients, with box bounds on blendshape weights. It is minimised
+in two stages, as eos's ``fit_shape_and_pose`` starts and a Gauss–Newton fitter
+finishes:
+
+1. **Closed-form initialisation** — a few alternations of: the Gold-Standard
+   weak-perspective camera from the current shape's landmarks
+   (:mod:`fitting.camera_estimate`); the identity coefficients by regularised
+   linear least squares given that camera; the expression coefficients likewise,
+   bounded by projected coordinate descent for blendshapes (eos uses NNLS); the
+   contour correspondences for the new pose (:mod:`fitting.contour`).
+2. **Levenberg–Marquardt refinement** of camera, identity and expression jointly.
+   The Jacobian of the weighted residual vector comes from ``jax.jacfwd``, so any
+   camera of :mod:`morphable.camera` works; the Huber loss is handled by
+   iteratively reweighted least squares; blendshape bounds by freezing the
+   weights held at a bound by the gradient and projecting the step; contour
+   correspondences are re-matched before every iteration.
+
+Only the model rows that landmarks can map to are gathered (a few dozen
+vertices), and each batch of images is one ``vmap``-ed, jitted program compiled
+once per (model layout, batch size, configuration).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from fitting.camera_estimate import MIN_POINTS, estimate_weak_perspective
+from fitting.config import ImageFitConfig
+from fitting.contour import N_LANDMARKS, LandmarkVertexTable, landmark_vertex_table, match_contour
+from morphable.camera import Camera, PerspectiveCamera, WeakPerspectiveCamera, project
+from morphable.model import MorphableModel
+from morphable.rotation import axis_angle_to_euler, axis_angle_to_matrix
+
+__all__ = ["ImageFitResult", "fit_image", "OUTER_EYE_CORNERS"]
+
+OUTER_EYE_CORNERS = (36, 45)
+"""0-based indices of iBUG landmarks 37 and 46, whose distance normalises the RMSE."""
+
+_MAX_DAMPING = 1e10
+_TINY = 1e-20
+
+
+@struct.dataclass
+class ImageFitResult:
+    """The fit of one image (or, with leading dims ``(...)``, of a batch of images).
+
+    Attributes:
+      identity: ``(..., n_i)`` identity coefficients (model units: std units for PCA).
+      expression: ``(..., n_e)`` expression coefficients.
+      camera: :class:`morphable.WeakPerspectiveCamera` or
+        :class:`morphable.PerspectiveCamera` with batch dims ``(...)``.
+      rmse: ``(...)`` root mean square landmark distance over the used
+        landmarks, pixels (0 when none is used).
+      rmse_normalised: ``(...)`` ``rmse`` divided by the outer-eye-corner distance
+        (iBUG 37–46) of the input landmarks, or of the fitted projection when
+        either corner is missing.
+      residuals: ``(..., 68, 2)`` projected minus input landmark, pixels; 0 for
+        unused landmarks.
+      used: ``(..., 68) bool`` landmarks that took part (finite, positive weight,
+        with a model vertex or contour correspondence).
+      landmark_vertices: ``(..., 68) int32`` model vertex of each landmark at the
+        end of the fit (contour landmarks re-matched), ``-1`` if none.
+      energy: ``(...)`` final value of the energy of :mod:`fitting.config`.
+      iterations: ``(...) int32`` Levenberg–Marquardt iterations run.
+      converged: ``(...) bool`` the refinement met its tolerance.
+      valid: ``(...) bool`` enough landmarks and a non-degenerate configuration;
+        when False the parameters are a finite neutral fallback (zero identity,
+        expression at its lower bound or zero, the camera estimate's fallback).
+    """
+
+    identity: jax.Array
+    expression: jax.Array
+    camera: Camera
+    rmse: jax.Array
+    rmse_normalised: jax.Array
+    residuals: jax.Array
+    used: jax.Array
+    landmark_vertices: jax.Array
+    energy: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    valid: jax.Array
+
+
+@struct.dataclass
+class _Rows:
+    """The table's model rows, with the bases pre-multiplied by their std."""
+
+    mean: jax.Array  # (K, 3)
+    identity: jax.Array  # (K, 3, n_i)
+    expression: jax.Array  # (K, 3, n_e)
+    lower: jax.Array  # (n_e,)
+    upper: jax.Array  # (n_e,)
+
+
+def _gather_rows(model: MorphableModel, table: LandmarkVertexTable) -> _Rows:
+    idx = table.vertices
+    return _Rows(
+        mean=model.mean[idx],
+        identity=model.identity_basis[idx] * model.identity_std,
+        expression=model.expression_basis[idx] * model.expression_std,
+        lower=model.expression_lower,
+        upper=model.expression_upper,
+    )
+
+
+def _points(rows: _Rows, positions: jax.Array, identity: jax.Array, expression: jax.Array) -> jax.Array:
+    idx = jnp.maximum(positions, 0)
+    return rows.mean[idx] + rows.identity[idx] @ identity + rows.expression[idx] @ expression
+
+
+def _all_points(rows: _Rows, identity: jax.Array, expression: jax.Array) -> jax.Array:
+    return rows.mean + rows.identity @ identity + rows.expression @ expression
+
+
+def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array) -> Camera:
+    """Unpack the camera parameters (log scale / log focal keep them positive)."""
+    if config.camera == "weak_perspective":
+        return WeakPerspectiveCamera(rotation=vector[0:3], scale=jnp.exp(vector[3]), translation=vector[4:6])
+    focal = jnp.exp(vector[6]) if config.fit_focal_length else jnp.asarray(config.focal_length, vector.dtype)
+    return PerspectiveCamera(
+        rotation=vector[0:3], translation=vector[3:6], focal=focal, principal_point=principal_point
+    )
+
+
+def _n_camera_parameters(config: ImageFitConfig) -> int:
+    if config.camera == "weak_perspective":
+        return 6
+    return 7 if config.fit_focal_length else 6
+
+
+def _camera_vector(weak: WeakPerspectiveCamera, centroid3d: jax.Array, config: ImageFitConfig, principal_point):
+    """Parameters of the configured camera, initialised from a weak-perspective one.
+
+    For a pinhole camera the depth of the landmarks' centroid is set to
+    ``f / s`` and the translation so that the centroid projects where the weak
+    camera put it: the two then agree to first order around the face.
+    """
+    if config.camera == "weak_perspective":
+        return jnp.concatenate([weak.rotation, jnp.log(weak.scale)[None], weak.translation])
+    focal = jnp.asarray(config.focal_length, weak.scale.dtype)
+    rotated = axis_angle_to_matrix(weak.rotation) @ centroid3d
+    image_centroid = weak.scale * rotated[:2] * jnp.array([1.0, -1.0]) + weak.translation
+    tz = -focal / weak.scale - rotated[2]
+    tx = (image_centroid[0] - principal_point[0]) / weak.scale - rotated[0]
+    ty = -(image_centroid[1] - principal_point[1]) / weak.scale - rotated[1]
+    parts = [weak.rotation, jnp.stack([tx, ty, tz])]
+    if config.fit_focal_length:
+        parts.append(jnp.log(focal)[None])
+    return jnp.concatenate(parts)
+
+
+def _bounded_quadratic(hessian, gradient, lower, upper, start, sweeps: int):
+    """argmin ½ eᵀHe − gᵀe on the box [lower, upper] by projected coordinate descent.
+
+    Hand-written: jax has no batched box-constrained QP; with H positive definite
+    (the prior guarantees it) cyclic projected coordinate descent converges to
+    the constrained minimum, and a few sweeps from the previous estimate suffice
+    inside the alternation.
+    """
+    n = gradient.shape[-1]
+    if n == 0 or sweeps == 0:
+        return start
+    diagonal = jnp.maximum(jnp.diagonal(hessian), _TINY)
+
+    def step(k, e):
+        j = k % n
+        updated = e[j] + (gradient[j] - hessian[j] @ e) / diagonal[j]
+        return e.at[j].set(jnp.clip(updated, lower[j], upper[j]))
+
+    return jax.lax.fori_loop(0, sweeps * n, step, start)
+
+
+def _huber_weights(norms, config: ImageFitConfig):
+    if config.robust_loss == "none":
+        return jnp.ones_like(norms)
+    return jnp.minimum(1.0, config.huber_scale / jnp.maximum(norms, _TINY))
+
+
+def _robust(norms, config: ImageFitConfig):
+    if config.robust_loss == "none":
+        return norms**2
+    delta = config.huber_scale
+    return jnp.where(norms <= delta, norms**2, 2.0 * delta * norms - delta**2)
+
+
+def _safe_norm(vectors):
+    squared = jnp.sum(vectors**2, -1)
+    return jnp.sqrt(jnp.where(squared > 0, squared, 1.0)) * (squared > 0)
+
+
+def _fit_one(
+    rows: _Rows,
+    table: LandmarkVertexTable,
+    landmarks2d: jax.Array,
+    weights: jax.Array,
+    principal_point: jax.Array,
+    config: ImageFitConfig,
+    blendshape_bounds: bool,
+):
+    dtype = rows.mean.dtype
+    n_i, n_e = rows.identity.shape[-1], rows.expression.shape[-1]
+    n_c = _n_camera_parameters(config)
+    contour = config.contour_fitting and table.has_contour
+
+    finite = jnp.all(jnp.isfinite(landmarks2d), -1) & jnp.isfinite(weights)
+    weights = jnp.where(finite & (weights > 0), weights, 0.0).astype(dtype)
+    y = jnp.where(finite[:, None], landmarks2d, 0.0).astype(dtype)
+    if principal_point is None:
+        principal_point = jnp.sum(y * (weights > 0)[:, None], 0) / jnp.maximum(jnp.sum(weights > 0), 1)
+    principal_point = principal_point.astype(dtype)
+
+    identity = jnp.zeros(n_i, dtype)
+    expression = jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)
+    fixed = jnp.where(weights > 0, jnp.asarray(table.fixed, jnp.int32), -1)
+
+    # Face-size normalisation: pixels per model unit of the first camera estimate
+    # times the mean face's outer-eye-corner distance gives the face size in pixels.
+    camera0, valid0 = estimate_weak_perspective(_points(rows, fixed, identity, expression), y, weights * (fixed >= 0))
+    right_eye, left_eye = (int(table.fixed[k]) for k in OUTER_EYE_CORNERS)
+    if right_eye >= 0 and left_eye >= 0:
+        size3d = jnp.linalg.norm(rows.mean[right_eye] - rows.mean[left_eye])
+    else:
+        used_rows = rows.mean[np.maximum(table.fixed, 0)][table.fixed >= 0]
+        size3d = 2.0 * jnp.sqrt(jnp.mean(jnp.sum((used_rows - used_rows.mean(0)) ** 2, -1)))
+    if config.reference_face_size is None:
+        pixel_scale = jnp.asarray(1.0, dtype)
+    else:
+        face_pixels = camera0.scale * size3d
+        pixel_scale = jnp.where(face_pixels > 0, config.reference_face_size / jnp.maximum(face_pixels, _TINY), 1.0)
+    landmark_weight = config.landmark_weight * pixel_scale**2
+    lam_id, lam_exp = config.identity_prior_weight, config.expression_prior_weight
+
+    def match(camera, identity, expression, positions):
+        if not contour:
+            return positions
+        projected = project(camera, _all_points(rows, identity, expression))
+        yaw = axis_angle_to_euler(camera.rotation)[0]
+        return match_contour(table, projected, y, weights, yaw, config.frontal_yaw_degrees)
+
+    # ---- stage 1: closed-form alternation (weak perspective) ----
+    def linear_step(_, state):
+        identity, expression, positions, _, _ = state
+        used = weights * (positions >= 0)
+        camera, valid = estimate_weak_perspective(_points(rows, positions, identity, expression), y, used)
+        projection = camera.scale * (axis_angle_to_matrix(camera.rotation)[:2] * jnp.array([[1.0], [-1.0]]))
+        idx = jnp.maximum(positions, 0)
+        identity_rows = jnp.einsum("ij,kjn->kin", projection, rows.identity[idx])
+        expression_rows = jnp.einsum("ij,kjn->kin", projection, rows.expression[idx])
+        mean_image = rows.mean[idx] @ projection.T + camera.translation
+        row_weight = landmark_weight * used
+
+        target = y - mean_image - jnp.einsum("kin,n->ki", expression_rows, expression)
+        hessian = jnp.einsum("k,kin,kim->nm", row_weight, identity_rows, identity_rows) + lam_id * jnp.eye(n_i)
+        gradient = jnp.einsum("k,kin,ki->n", row_weight, identity_rows, target)
+        identity = jnp.linalg.solve(hessian + _TINY * jnp.eye(n_i), gradient)
+
+        target = y - mean_image - jnp.einsum("kin,n->ki", identity_rows, identity)
+        hessian = jnp.einsum("k,kin,kim->nm", row_weight, expression_rows, expression_rows) + lam_exp * jnp.eye(n_e)
+        gradient = jnp.einsum("k,kin,ki->n", row_weight, expression_rows, target)
+        if blendshape_bounds:
+            expression = _bounded_quadratic(
+                hessian, gradient, rows.lower, rows.upper, expression, config.expression_solver_sweeps
+            )
+        elif n_e:
+            expression = jnp.linalg.solve(hessian + _TINY * jnp.eye(n_e), gradient)
+
+        positions = match(camera, identity, expression, fixed)
+        return identity, expression, positions, camera, valid
+
+    state = (identity, expression, match(camera0, identity, expression, fixed), camera0, valid0)
+    identity, expression, positions, camera_linear, valid_linear = jax.lax.fori_loop(
+        0, max(config.linear_iterations, 1), linear_step, state
+    )
+    camera_linear = jax.tree_util.tree_map(lambda a, b: jnp.where(valid_linear, a, b), camera_linear, camera0)
+
+    # ---- stage 2: Levenberg–Marquardt on all parameters ----
+    used0 = weights * (positions >= 0)
+    centroid = jnp.sum(_points(rows, positions, identity, expression) * used0[:, None], 0) / jnp.maximum(
+        jnp.sum(used0), _TINY
+    )
+    theta0 = jnp.concatenate([_camera_vector(camera_linear, centroid, config, principal_point), identity, expression])
+    sqrt_id, sqrt_exp = math.sqrt(lam_id), math.sqrt(lam_exp)
+
+    def unpack(theta):
+        return (
+            _camera_from_vector(theta[:n_c], config, principal_point),
+            theta[n_c : n_c + n_i],
+            theta[n_c + n_i :],
+        )
+
+    def residuals(theta, positions):
+        camera, identity, expression = unpack(theta)
+        return project(camera, _points(rows, positions, identity, expression)[None])[0] - y
+
+    def energy(theta, positions):
+        _, identity, expression = unpack(theta)
+        norms = pixel_scale * _safe_norm(residuals(theta, positions))
+        landmark = config.landmark_weight * jnp.sum(weights * (positions >= 0) * _robust(norms, config))
+        return landmark + lam_id * jnp.sum(identity**2) + lam_exp * jnp.sum(expression**2)
+
+    def weighted_vector(theta, positions, row_sqrt_weight):
+        _, identity, expression = unpack(theta)
+        landmark = (row_sqrt_weight[:, None] * residuals(theta, positions)).reshape(-1)
+        return jnp.concatenate([landmark, sqrt_id * identity, sqrt_exp * expression])
+
+    lower = jnp.concatenate([jnp.full(n_c + n_i, -jnp.inf, dtype), rows.lower])
+    upper = jnp.concatenate([jnp.full(n_c + n_i, jnp.inf, dtype), rows.upper])
+
+    def project_bounds(theta):
+        return jnp.clip(theta, lower, upper) if blendshape_bounds else theta
+
+    def lm_step(state):
+        theta, positions, damping, iteration, _, _ = state
+        camera, identity, expression = unpack(theta)
+        positions = match(camera, identity, expression, positions)
+        used = weights * (positions >= 0)
+        current = energy(theta, positions)
+        norms = pixel_scale * _safe_norm(residuals(theta, positions))
+        row_sqrt_weight = jnp.sqrt(landmark_weight * used * _huber_weights(norms, config))
+        vector = weighted_vector(theta, positions, row_sqrt_weight)
+        jacobian = jax.jacfwd(weighted_vector)(theta, positions, row_sqrt_weight)
+        normal = jacobian.T @ jacobian
+        gradient = jacobian.T @ vector
+        if blendshape_bounds:
+            # Weights held at a bound by the gradient stay there this step.
+            frozen = ((theta <= lower) & (gradient > 0)) | ((theta >= upper) & (gradient < 0))
+            keep = ~frozen
+            normal = normal * keep[:, None] * keep[None, :]
+            gradient = gradient * keep
+        diagonal = jnp.diagonal(normal)
+        diagonal = jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY)
+        # Jacobi scaling makes the damped system unit-diagonal (well conditioned in float32).
+        scaling = 1.0 / jnp.sqrt(diagonal)
+        scaled = normal * scaling[:, None] * scaling[None, :] + damping * jnp.eye(theta.shape[0], dtype=dtype)
+        step = -scaling * jnp.linalg.solve(scaled, scaling * gradient)
+        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
+        candidate = project_bounds(theta + step)
+        step = candidate - theta
+        trial = energy(candidate, positions)
+        accept = jnp.isfinite(trial) & (trial < current)
+        predicted = -(2.0 * gradient @ step + step @ normal @ step)
+        converged = (predicted <= config.tolerance * current) | (~accept & (damping >= _MAX_DAMPING))
+        converged |= accept & (current - trial <= config.tolerance * current)
+        theta = jnp.where(accept, candidate, theta)
+        damping = jnp.where(accept, damping * config.damping_decrease, damping * config.damping_increase)
+        damping = jnp.minimum(damping, _MAX_DAMPING)
+        return theta, positions, damping, iteration + 1, converged, accept
+
+    def keep_going(state):
+        return (state[3] < config.gauss_newton_iterations) & ~state[4]
+
+    initial_damping = jnp.asarray(config.initial_damping, dtype)
+    state = (theta0, positions, initial_damping, jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(False))
+    theta, positions, _, iterations, converged, _ = jax.lax.while_loop(keep_going, lm_step, state)
+    camera, identity, expression = unpack(theta)
+    positions = match(camera, identity, expression, positions)
+
+    # ---- diagnostics and the validity flag ----
+    used = (weights > 0) & (positions >= 0)
+    n_used = jnp.sum(used)
+    valid = (n_used >= max(config.min_landmarks, MIN_POINTS)) & valid0 & valid_linear
+    valid &= jnp.all(jnp.isfinite(theta))
+    fallback = jnp.concatenate(
+        [_camera_vector(camera0, jnp.zeros(3, dtype), config, principal_point), jnp.zeros(n_i, dtype),
+         jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)]
+    )
+    fallback = jnp.where(jnp.isfinite(fallback), fallback, 0.0)
+    theta = jnp.where(valid, theta, fallback)
+    camera, identity, expression = unpack(theta)
+    final_energy = jnp.where(valid, energy(theta, positions), 0.0)
+    final_residuals = jnp.where(used[:, None], residuals(theta, positions), 0.0)
+    rmse = jnp.sqrt(jnp.sum(final_residuals**2) / jnp.maximum(n_used, 1))
+
+    eyes = np.asarray(OUTER_EYE_CORNERS)
+    input_eyes = jnp.linalg.norm(y[eyes[0]] - y[eyes[1]])
+    have_input_eyes = jnp.all(weights[eyes] > 0) & (input_eyes > 0)
+    if right_eye >= 0 and left_eye >= 0:
+        corners = project(camera, _points(rows, jnp.asarray([right_eye, left_eye]), identity, expression)[None])[0]
+        model_eyes = jnp.linalg.norm(corners[0] - corners[1])
+    else:
+        model_eyes = 2.0 * jnp.sqrt(jnp.sum(_safe_norm(y - principal_point) ** 2 * used) / jnp.maximum(n_used, 1))
+    eye_distance = jnp.where(have_input_eyes, input_eyes, model_eyes)
+    rmse_normalised = rmse / jnp.where(eye_distance > 0, eye_distance, 1.0)
+
+    vertices = jnp.asarray(table.vertices, jnp.int32)
+    return ImageFitResult(
+        identity=identity,
+        expression=expression,
+        camera=camera,
+        rmse=rmse,
+        rmse_normalised=rmse_normalised,
+        residuals=final_residuals,
+        used=used,
+        landmark_vertices=jnp.where(positions >= 0, vertices[jnp.maximum(positions, 0)], -1),
+        energy=final_energy,
+        iterations=iterations,
+        converged=converged & valid,
+        valid=valid,
+    )
+
+
+def _fit_batch(model, landmarks2d, weights, principal_point, config):
+    table = landmark_vertex_table(model)
+    rows = _gather_rows(model, table)
+    blendshape_bounds = model.expression_kind == "blendshape" and config.enforce_expression_bounds
+
+    def one(y, w, pp):
+        return _fit_one(rows, table, y, w, pp, config, blendshape_bounds)
+
+    return jax.vmap(one, in_axes=(0, 0, None if principal_point is None else 0))(landmarks2d, weights, principal_point)
+
+
+_fit_batch_jit = jax.jit(_fit_batch, static_argnames=("config",))
+
+
+def fit_image(
+    model: MorphableModel,
+    landmarks2d,
+    *,
+    weights=None,
+    principal_point=None,
+    config: ImageFitConfig = ImageFitConfig(),
+) -> ImageFitResult:
+    """Fit identity, expression and camera to the 68 landmarks of one or many images.
+
+    Args:
+      model: a :class:`morphable.MorphableModel` with 68 landmark slots (iBUG
+        order); landmarks it has no vertex for are matched to its contour
+        candidates (jawline) or ignored.
+      landmarks2d: ``(..., 68, 2)`` pixels (origin top-left, y down, 0-based),
+        iBUG/Multi-PIE order; NaN (or infinite) rows are missing landmarks.
+        Leading dims are independent images, fitted by one compiled program.
+      weights: ``(..., 68)`` non-negative per-landmark weights (0 = missing);
+        default ones.
+      principal_point: ``(..., 2)`` pixels, used by the perspective camera
+        (e.g. the image centre); default the centroid of the valid landmarks.
+      config: the energy weights and solver settings (:class:`ImageFitConfig`).
+
+    Returns:
+      :class:`ImageFitResult` with leading dims ``(...)``. Images with fewer than
+      ``config.min_landmarks`` usable landmarks or a degenerate configuration
+      have ``valid`` False and finite fallback parameters.
+
+    Raises:
+      ValueError: naming the argument, for wrong shapes or dtypes, negative or
+        NaN weights, a model without 68 landmark slots, or an invalid config.
+
+    Example:
+      >>> import numpy as np, jax
+      >>> import morphable
+      >>> from fitting.image import fit_image
+      >>> rng = np.random.default_rng(0)
+      >>> model = morphable.make_model(rng.normal(size=(80, 3)) * 50, rng.normal(size=(80, 3, 4)),
+      ...                              rng.normal(size=(80, 3, 2)), triangles=[[0, 1, 2]],
+      ...                              landmark_indices=np.arange(68))
+      >>> camera = morphable.WeakPerspectiveCamera(jax.numpy.array([0.1, 0.3, 0.0]), jax.numpy.array(2.0),
+      ...                                          jax.numpy.array([320.0, 240.0]))
+      >>> y = morphable.project(camera, morphable.landmarks(model, np.ones(4) * 0.5, np.ones(2) * 0.5))
+      >>> result = fit_image(model, y)
+      >>> bool(result.valid), bool(result.rmse < 0.5)
+      (True, True)
+    """
+    if not isinstance(model, MorphableModel):
+        raise ValueError(f"model: expected a morphable.MorphableModel, got {type(model).__name__}")
+    if len(model.landmark_indices) != N_LANDMARKS:
+        raise ValueError(f"model: expected {N_LANDMARKS} landmark slots (iBUG order), got {len(model.landmark_indices)}")
+    if not isinstance(config, ImageFitConfig):
+        raise ValueError(f"config: expected an ImageFitConfig, got {type(config).__name__}")
+    config.validate()
+
+    landmarks2d = _as_float_array(landmarks2d, "landmarks2d")
+    if landmarks2d.ndim < 2 or landmarks2d.shape[-2:] != (N_LANDMARKS, 2):
+        raise ValueError(f"landmarks2d: expected shape (..., {N_LANDMARKS}, 2), got {tuple(landmarks2d.shape)}")
+    batch_shape = tuple(landmarks2d.shape[:-2])
+    n_images = int(np.prod(batch_shape, dtype=np.int64))
+
+    if weights is None:
+        weights = jnp.ones((*batch_shape, N_LANDMARKS), jnp.float32)
+    else:
+        weights = _as_float_array(weights, "weights")
+        if tuple(weights.shape) != (*batch_shape, N_LANDMARKS):
+            try:
+                weights = jnp.broadcast_to(weights, (*batch_shape, N_LANDMARKS))
+            except ValueError:
+                raise ValueError(
+                    f"weights: expected shape {(*batch_shape, N_LANDMARKS)} (or broadcastable), got {tuple(weights.shape)}"
+                ) from None
+        host = np.asarray(weights)
+        if np.isnan(host).any() or (host < 0).any() or np.isinf(host).any():
+            raise ValueError("weights: must be finite and non-negative (use 0 for a missing landmark)")
+    if principal_point is not None:
+        principal_point = _as_float_array(principal_point, "principal_point")
+        try:
+            principal_point = jnp.broadcast_to(principal_point, (*batch_shape, 2))
+        except ValueError:
+            raise ValueError(
+                f"principal_point: expected shape {(*batch_shape, 2)} (or broadcastable), got {tuple(principal_point.shape)}"
+            ) from None
+        if not np.all(np.isfinite(np.asarray(principal_point))):
+            raise ValueError("principal_point: contains NaN or infinite values")
+        principal_point = principal_point.reshape(n_images, 2)
+
+    if n_images == 0:
+        raise ValueError("landmarks2d: the batch is empty")
+    result = _fit_batch_jit(
+        model,
+        landmarks2d.reshape(n_images, N_LANDMARKS, 2),
+        weights.reshape(n_images, N_LANDMARKS),
+        principal_point,
+        config,
+    )
+    return jax.tree_util.tree_map(lambda leaf: leaf.reshape(*batch_shape, *leaf.shape[1:]), result)
+
+
+def _as_float_array(value, name: str) -> jax.Array:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        try:
+            value = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a numeric array, got {type(value).__name__}") from None
+        dtype = value.dtype
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ValueError(f"{name}: expected a real numeric dtype, got {dtype}")
+    return jnp.asarray(value, dtype=jnp.float32)
