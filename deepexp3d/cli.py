@@ -49,7 +49,11 @@ def info(
 
     from morphable import landmark_mask
 
-    loaded = _load_model(model)
+    try:
+        loaded = _load_model(model)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1)
     typer.echo(repr(loaded))
     typer.echo(f"triangles: {len(loaded.triangles)}")
     typer.echo(f"landmarks with a fixed vertex: {int(np.sum(landmark_mask(loaded)))} of {len(loaded.landmark_indices)}")
