@@ -157,11 +157,11 @@ def project(camera: Camera, points: jax.Array) -> jax.Array:
         u = camera.principal_point[..., None, 0] + f * cam[..., 0] / z
         v = camera.principal_point[..., None, 1] - f * cam[..., 1] / z
         return jnp.stack([u, v], axis=-1)
+    if not isinstance(camera, (OrthographicCamera, WeakPerspectiveCamera)):
+        raise TypeError(f"camera: unsupported type {type(camera).__name__}")
     rotated = _rotate(camera.rotation, points)
     if isinstance(camera, WeakPerspectiveCamera):
         rotated = rotated * jnp.asarray(camera.scale)[..., None, None]
-    elif not isinstance(camera, OrthographicCamera):
-        raise TypeError(f"camera: unsupported type {type(camera).__name__}")
     flip = jnp.array([1.0, -1.0], dtype=rotated.dtype)
     return rotated[..., :2] * flip + camera.translation[..., None, :]
 
