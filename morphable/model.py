@@ -302,6 +302,11 @@ def _check_coefficients(model: MorphableModel, identity, expression):
         raise ValueError(
             f"expression: expected trailing dimension {model.n_expression}, got shape {expression.shape}"
         )
+    # Concrete (eager) inputs are validated here; traced ones cannot be inspected
+    # and are the caller's responsibility (fitters mask bad data instead).
+    for what, values in (("identity", identity), ("expression", expression)):
+        if not isinstance(values, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(values))):
+            raise ValueError(f"{what}: contains NaN or infinite coefficients")
     return identity, expression
 
 

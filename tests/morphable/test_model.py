@@ -437,3 +437,15 @@ def test_pca_samples_are_standard_normal():
     np.testing.assert_allclose(covariance, np.eye(N_IDENTITY + N_EXPRESSION), atol=0.05)
     (scaled, _), _ = jax.tree.map(np.asarray, _draw(jax.random.key(6), 2.0, 1.0))
     np.testing.assert_allclose(scaled.var(axis=0), 4.0, rtol=0.05)
+
+
+def test_non_finite_coefficients_are_rejected_eagerly():
+    import jax.numpy as jnp
+    from morphable.model import make_model, shape, landmarks
+
+    m = make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 1)),
+                   triangles=[[0, 1, 2]], landmark_indices=[0])
+    with pytest.raises(ValueError, match="identity: contains NaN"):
+        shape(m, jnp.array([np.nan, 0.0]), jnp.zeros(1))
+    with pytest.raises(ValueError, match="expression: contains NaN"):
+        landmarks(m, jnp.zeros(2), jnp.array([np.inf]))
