@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from morphable.camera import WeakPerspectiveCamera
 from morphable.rotation import matrix_to_axis_angle
 
-__all__ = ["estimate_weak_perspective", "MIN_POINTS"]
+__all__ = ["estimate_weak_perspective", "estimate_weak_perspective_matrix", "MIN_POINTS"]
 
 MIN_POINTS = 4
 """Fewest valid correspondences for an affine camera (8 unknowns, 2 equations each)."""
@@ -48,40 +48,29 @@ def _weighted_mean(points: jax.Array, weights: jax.Array, total: jax.Array) -> j
     return jnp.sum(points * weights[..., None], axis=-2) / total[..., None]
 
 
-@jax.jit
-def estimate_weak_perspective(
+def _det2(matrix: jax.Array) -> jax.Array:
+    return matrix[..., 0, 0] * matrix[..., 1, 1] - matrix[..., 0, 1] * matrix[..., 1, 0]
+
+
+def _solve3(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+    """Solve 3×3 systems by the adjugate (closed form: tiny, and much cheaper to compile than LU)."""
+    a0, a1, a2 = matrix[..., 0, :], matrix[..., 1, :], matrix[..., 2, :]
+    columns = jnp.stack([jnp.cross(a1, a2), jnp.cross(a2, a0), jnp.cross(a0, a1)], axis=-1)
+    determinant = jnp.sum(a0 * columns[..., :, 0], axis=-1)
+    return (columns @ rhs) / determinant[..., None, None]
+
+
+def estimate_weak_perspective_matrix(
     points3d: jax.Array, points2d: jax.Array, weights: jax.Array | None = None
-) -> tuple[WeakPerspectiveCamera, jax.Array]:
-    """Least-squares scaled-orthographic camera mapping ``points3d`` onto ``points2d``.
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`estimate_weak_perspective` returning the rotation as a matrix (not jitted).
 
-    Pure ``jax.numpy``: jittable, differentiable away from degenerate input and
-    batched over leading dimensions. Non-finite points are treated as missing.
-
-    Args:
-      points3d: ``(..., P, 3)`` model points, model units.
-      points2d: ``(..., P, 2)`` image points, pixels (origin top-left, y down).
-      weights: ``(..., P)`` non-negative per-point weights; 0 marks a missing
-        point (its coordinates are ignored, even if NaN). Default: all ones.
+    For callers that go on with the matrix (e.g. linear solves inside a jitted
+    fitter): it skips the conversion to axis-angle and back.
 
     Returns:
-      ``(camera, valid)``: a :class:`morphable.WeakPerspectiveCamera` with batch
-      dims ``(...)`` (rotation axis-angle radians, scale pixels per model unit,
-      translation pixels) and ``valid (...) bool``. ``valid`` is False when fewer
-      than :data:`MIN_POINTS` points have positive weight or the configuration is
-      degenerate (collinear or coincident points); the camera is then a finite
-      fallback: no rotation, the ratio of the 2D to 3D spreads (1 if either is
-      zero) as scale, and the 2D centroid as translation.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> import morphable
-      >>> X = jnp.array([[0., 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])
-      >>> truth = morphable.WeakPerspectiveCamera(
-      ...     rotation=jnp.array([0.1, 0.2, 0.0]), scale=jnp.array(3.0),
-      ...     translation=jnp.array([10.0, 20.0]))
-      >>> camera, valid = estimate_weak_perspective(X, morphable.project(truth, X))
-      >>> bool(valid), round(float(camera.scale), 4)
-      (True, 3.0)
+      ``(rotation (..., 3, 3), scale (...), translation (..., 2), valid (...))``,
+      as :func:`estimate_weak_perspective`.
     """
     points3d = jnp.asarray(points3d)
     points2d = jnp.asarray(points2d)
@@ -128,12 +117,12 @@ def estimate_weak_perspective(
     minors3d = 0.5 * (trace3d**2 - jnp.sum(scatter3d * jnp.swapaxes(scatter3d, -1, -2), axis=(-2, -1)))
     not_collinear3d = minors3d > _MIN_SPREAD_RATIO_3D * trace3d**2
     trace2d = jnp.trace(scatter2d, axis1=-2, axis2=-1)
-    not_collinear2d = jnp.linalg.det(scatter2d) > _MIN_SPREAD_RATIO_2D * trace2d**2
+    not_collinear2d = _det2(scatter2d) > _MIN_SPREAD_RATIO_2D * trace2d**2
 
     eye3 = jnp.eye(3, dtype=dtype)
     regularised = scatter3d + (_RIDGE * jnp.maximum(trace3d, 1.0))[..., None, None] * eye3
     regularised = jnp.where(not_collinear3d[..., None, None], regularised, eye3)
-    solution = jnp.linalg.solve(regularised, cross)  # (..., 3, 2) normalised affine, transposed
+    solution = _solve3(regularised, cross)  # (..., 3, 2) normalised affine, transposed
     ratio = (norm3d / norm2d)[..., None, None]
     affine = jnp.swapaxes(solution, -1, -2) * ratio  # rows: du/dX, dv/dX in pixels per model unit
     # Image y points down: the second rotation row is minus the v row.
@@ -142,7 +131,7 @@ def estimate_weak_perspective(
     # Closed-form polar decomposition of the 2×3 matrix M = U S Vᵀ:
     # A = M Mᵀ, sqrt(A) = (A + √det(A) I) / √(tr A + 2√det A), rows = sqrt(A)⁻¹ M.
     gram = linear @ jnp.swapaxes(linear, -1, -2)
-    gram_det = jnp.maximum(jnp.linalg.det(gram), 0.0)
+    gram_det = jnp.maximum(_det2(gram), 0.0)
     gram_trace = jnp.trace(gram, axis1=-2, axis2=-1)
     root_det = jnp.sqrt(gram_det)  # σ1·σ2
     sum_singular = jnp.sqrt(jnp.maximum(gram_trace + 2.0 * root_det, 0.0))  # σ1 + σ2
@@ -167,8 +156,46 @@ def estimate_weak_perspective(
     matrix = jnp.where(valid[..., None, None], matrix, eye3)
     fallback_scale = jnp.where(has_size, spread2d / jnp.where(spread3d > _TINY, spread3d, 1.0), 1.0)
     scale = jnp.where(valid, 0.5 * safe_sum, fallback_scale)
-    rotation = matrix_to_axis_angle(matrix)
     rotated_centroid = jnp.einsum("...ij,...j->...i", matrix[..., :2, :], centroid3d)
     translation = centroid2d - scale[..., None] * rotated_centroid * jnp.array([1.0, -1.0], dtype)
-    camera = WeakPerspectiveCamera(rotation=rotation, scale=scale, translation=translation)
+    return matrix, scale, translation, valid
+
+
+@jax.jit
+def estimate_weak_perspective(
+    points3d: jax.Array, points2d: jax.Array, weights: jax.Array | None = None
+) -> tuple[WeakPerspectiveCamera, jax.Array]:
+    """Least-squares scaled-orthographic camera mapping ``points3d`` onto ``points2d``.
+
+    Pure ``jax.numpy``: jittable, differentiable away from degenerate input and
+    batched over leading dimensions. Non-finite points are treated as missing.
+
+    Args:
+      points3d: ``(..., P, 3)`` model points, model units.
+      points2d: ``(..., P, 2)`` image points, pixels (origin top-left, y down).
+      weights: ``(..., P)`` non-negative per-point weights; 0 marks a missing
+        point (its coordinates are ignored, even if NaN). Default: all ones.
+
+    Returns:
+      ``(camera, valid)``: a :class:`morphable.WeakPerspectiveCamera` with batch
+      dims ``(...)`` (rotation axis-angle radians, scale pixels per model unit,
+      translation pixels) and ``valid (...) bool``. ``valid`` is False when fewer
+      than :data:`MIN_POINTS` points have positive weight or the configuration is
+      degenerate (collinear or coincident points); the camera is then a finite
+      fallback: no rotation, the ratio of the 2D to 3D spreads (1 if either is
+      zero) as scale, and the 2D centroid as translation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import morphable
+      >>> X = jnp.array([[0., 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])
+      >>> truth = morphable.WeakPerspectiveCamera(
+      ...     rotation=jnp.array([0.1, 0.2, 0.0]), scale=jnp.array(3.0),
+      ...     translation=jnp.array([10.0, 20.0]))
+      >>> camera, valid = estimate_weak_perspective(X, morphable.project(truth, X))
+      >>> bool(valid), round(float(camera.scale), 4)
+      (True, 3.0)
+    """
+    matrix, scale, translation, valid = estimate_weak_perspective_matrix(points3d, points2d, weights)
+    camera = WeakPerspectiveCamera(rotation=matrix_to_axis_angle(matrix), scale=scale, translation=translation)
     return camera, valid

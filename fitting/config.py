@@ -66,7 +66,7 @@ class ImageFitConfig:
       damping_increase, damping_decrease: factors applied to ``μ`` after a
         rejected / accepted step. Defaults 10 and 0.3.
       tolerance: the refinement stops when an accepted step lowers the energy by
-        less than this fraction. Default 1e-6.
+        less than this fraction (or its Gauss–Newton model predicts less). Default 1e-5.
       contour_fitting: re-match the outer-contour landmarks (iBUG 1–8, 10–17) to
         the model's contour candidates each iteration (see :mod:`fitting.contour`).
         Default True; models without contour candidates keep their fixed vertices.
@@ -95,7 +95,7 @@ class ImageFitConfig:
     initial_damping: float = struct.field(pytree_node=False, default=1e-3)
     damping_increase: float = struct.field(pytree_node=False, default=10.0)
     damping_decrease: float = struct.field(pytree_node=False, default=0.3)
-    tolerance: float = struct.field(pytree_node=False, default=1e-6)
+    tolerance: float = struct.field(pytree_node=False, default=1e-5)
     contour_fitting: bool = struct.field(pytree_node=False, default=True)
     frontal_yaw_degrees: float = struct.field(pytree_node=False, default=10.0)
     camera: CameraKind = struct.field(pytree_node=False, default="weak_perspective")

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from fitting.camera_estimate import MIN_POINTS, estimate_weak_perspective
+from fitting.camera_estimate import MIN_POINTS, estimate_weak_perspective_matrix
 from fitting.config import ImageFitConfig
 from fitting.contour import N_LANDMARKS, LandmarkVertexTable, landmark_vertex_table, match_contour
 from morphable.camera import Camera, PerspectiveCamera, WeakPerspectiveCamera, project
 from morphable.model import MorphableModel
-from morphable.rotation import axis_angle_to_euler, axis_angle_to_matrix
+from morphable.rotation import matrix_to_axis_angle
 
 __all__ = ["ImageFitResult", "fit_image", "OUTER_EYE_CORNERS"]
 
@@ -113,13 +113,14 @@ def _gather_rows(model: MorphableModel, table: LandmarkVertexTable) -> _Rows:
     )
 
 
-def _points(rows: _Rows, positions: jax.Array, identity: jax.Array, expression: jax.Array) -> jax.Array:
-    idx = jnp.maximum(positions, 0)
-    return rows.mean[idx] + rows.identity[idx] @ identity + rows.expression[idx] @ expression
-
-
 def _all_points(rows: _Rows, identity: jax.Array, expression: jax.Array) -> jax.Array:
     return rows.mean + rows.identity @ identity + rows.expression @ expression
+
+
+def _n_camera_parameters(config: ImageFitConfig) -> int:
+    if config.camera == "weak_perspective":
+        return 6
+    return 7 if config.fit_focal_length else 6
 
 
 def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array) -> Camera:
@@ -132,31 +133,50 @@ def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_poi
     )
 
 
-def _n_camera_parameters(config: ImageFitConfig) -> int:
-    if config.camera == "weak_perspective":
-        return 6
-    return 7 if config.fit_focal_length else 6
-
-
-def _camera_vector(weak: WeakPerspectiveCamera, centroid3d: jax.Array, config: ImageFitConfig, principal_point):
+def _camera_vector(matrix, scale, translation, centroid3d, config: ImageFitConfig, principal_point):
     """Parameters of the configured camera, initialised from a weak-perspective one.
 
     For a pinhole camera the depth of the landmarks' centroid is set to
     ``f / s`` and the translation so that the centroid projects where the weak
     camera put it: the two then agree to first order around the face.
     """
+    rotation = matrix_to_axis_angle(matrix)
     if config.camera == "weak_perspective":
-        return jnp.concatenate([weak.rotation, jnp.log(weak.scale)[None], weak.translation])
-    focal = jnp.asarray(config.focal_length, weak.scale.dtype)
-    rotated = axis_angle_to_matrix(weak.rotation) @ centroid3d
-    image_centroid = weak.scale * rotated[:2] * jnp.array([1.0, -1.0]) + weak.translation
-    tz = -focal / weak.scale - rotated[2]
-    tx = (image_centroid[0] - principal_point[0]) / weak.scale - rotated[0]
-    ty = -(image_centroid[1] - principal_point[1]) / weak.scale - rotated[1]
-    parts = [weak.rotation, jnp.stack([tx, ty, tz])]
+        return jnp.concatenate([rotation, jnp.log(scale)[None], translation])
+    focal = jnp.asarray(config.focal_length, scale.dtype)
+    rotated = matrix @ centroid3d
+    image_centroid = scale * rotated[:2] * jnp.array([1.0, -1.0]) + translation
+    tz = -focal / scale - rotated[2]
+    tx = (image_centroid[0] - principal_point[0]) / scale - rotated[0]
+    ty = -(image_centroid[1] - principal_point[1]) / scale - rotated[1]
+    parts = [rotation, jnp.stack([tx, ty, tz])]
     if config.fit_focal_length:
         parts.append(jnp.log(focal)[None])
     return jnp.concatenate(parts)
+
+
+def _yaw_degrees(matrix: jax.Array) -> jax.Array:
+    """Yaw of ``R = R_y(yaw) R_x(pitch) R_z(roll)`` (as :func:`morphable.rotation.matrix_to_euler`)."""
+    return jnp.rad2deg(jnp.arctan2(matrix[0, 2], matrix[2, 2]))
+
+
+def _weighted_gram(rows: jax.Array, row_weights: jax.Array) -> jax.Array:
+    """``Σ_k w_k A_kᵀ A_k`` for ``rows (K, 2, n)``, as one two-operand matrix product.
+
+    (A three-operand einsum lowers to a much slower contraction on CPU.)
+    """
+    flat = rows.reshape(-1, rows.shape[-1])
+    weighted = (rows * row_weights[:, None, None]).reshape(flat.shape)
+    return weighted.T @ flat
+
+
+def _spd_solve(matrix, rhs):
+    """Solve a symmetric positive-definite system by Cholesky (lean to compile; NaN if not PD)."""
+    if rhs.shape[-1] == 0:
+        return rhs
+    factor = jax.lax.linalg.cholesky(matrix)
+    half = jax.lax.linalg.triangular_solve(factor, rhs[:, None], left_side=True, lower=True)
+    return jax.lax.linalg.triangular_solve(factor, half, left_side=True, lower=True, transpose_a=True)[:, 0]
 
 
 def _bounded_quadratic(hessian, gradient, lower, upper, start, sweeps: int):
@@ -203,14 +223,16 @@ def _fit_one(
     table: LandmarkVertexTable,
     landmarks2d: jax.Array,
     weights: jax.Array,
-    principal_point: jax.Array,
+    principal_point: jax.Array | None,
     config: ImageFitConfig,
     blendshape_bounds: bool,
-):
+) -> ImageFitResult:
     dtype = rows.mean.dtype
+    n_rows = rows.mean.shape[0]
     n_i, n_e = rows.identity.shape[-1], rows.expression.shape[-1]
     n_c = _n_camera_parameters(config)
     contour = config.contour_fitting and table.has_contour
+    flip = jnp.array([1.0, -1.0], dtype)
 
     finite = jnp.all(jnp.isfinite(landmarks2d), -1) & jnp.isfinite(weights)
     weights = jnp.where(finite & (weights > 0), weights, 0.0).astype(dtype)
@@ -218,78 +240,101 @@ def _fit_one(
     if principal_point is None:
         principal_point = jnp.sum(y * (weights > 0)[:, None], 0) / jnp.maximum(jnp.sum(weights > 0), 1)
     principal_point = principal_point.astype(dtype)
-
-    identity = jnp.zeros(n_i, dtype)
-    expression = jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)
     fixed = jnp.where(weights > 0, jnp.asarray(table.fixed, jnp.int32), -1)
 
-    # Face-size normalisation: pixels per model unit of the first camera estimate
-    # times the mean face's outer-eye-corner distance gives the face size in pixels.
-    camera0, valid0 = estimate_weak_perspective(_points(rows, fixed, identity, expression), y, weights * (fixed >= 0))
     right_eye, left_eye = (int(table.fixed[k]) for k in OUTER_EYE_CORNERS)
     if right_eye >= 0 and left_eye >= 0:
         size3d = jnp.linalg.norm(rows.mean[right_eye] - rows.mean[left_eye])
     else:
-        used_rows = rows.mean[np.maximum(table.fixed, 0)][table.fixed >= 0]
-        size3d = 2.0 * jnp.sqrt(jnp.mean(jnp.sum((used_rows - used_rows.mean(0)) ** 2, -1)))
-    if config.reference_face_size is None:
-        pixel_scale = jnp.asarray(1.0, dtype)
-    else:
-        face_pixels = camera0.scale * size3d
-        pixel_scale = jnp.where(face_pixels > 0, config.reference_face_size / jnp.maximum(face_pixels, _TINY), 1.0)
-    landmark_weight = config.landmark_weight * pixel_scale**2
+        fixed_rows = rows.mean[table.fixed[table.fixed >= 0]]
+        size3d = 2.0 * jnp.sqrt(jnp.mean(jnp.sum((fixed_rows - fixed_rows.mean(0)) ** 2, -1)))
     lam_id, lam_exp = config.identity_prior_weight, config.expression_prior_weight
 
-    def match(camera, identity, expression, positions):
+    def match(projected, yaw, positions):
         if not contour:
             return positions
-        projected = project(camera, _all_points(rows, identity, expression))
-        yaw = axis_angle_to_euler(camera.rotation)[0]
         return match_contour(table, projected, y, weights, yaw, config.frontal_yaw_degrees)
 
-    # ---- stage 1: closed-form alternation (weak perspective) ----
-    def linear_step(_, state):
-        identity, expression, positions, _, _ = state
-        used = weights * (positions >= 0)
-        camera, valid = estimate_weak_perspective(_points(rows, positions, identity, expression), y, used)
-        projection = camera.scale * (axis_angle_to_matrix(camera.rotation)[:2] * jnp.array([[1.0], [-1.0]]))
+    def aggregate(positions, landmark_weights):
+        """Per-row sums of the landmark weights and weighted targets (rows may repeat)."""
+        used = landmark_weights * (positions >= 0)
         idx = jnp.maximum(positions, 0)
-        identity_rows = jnp.einsum("ij,kjn->kin", projection, rows.identity[idx])
-        expression_rows = jnp.einsum("ij,kjn->kin", projection, rows.expression[idx])
-        mean_image = rows.mean[idx] @ projection.T + camera.translation
-        row_weight = landmark_weight * used
+        omega = jnp.zeros(n_rows, dtype).at[idx].add(used)
+        target = jnp.zeros((n_rows, 2), dtype).at[idx].add(used[:, None] * y)
+        return omega, target
 
-        target = y - mean_image - jnp.einsum("kin,n->ki", expression_rows, expression)
-        hessian = jnp.einsum("k,kin,kim->nm", row_weight, identity_rows, identity_rows) + lam_id * jnp.eye(n_i)
-        gradient = jnp.einsum("k,kin,ki->n", row_weight, identity_rows, target)
-        identity = jnp.linalg.solve(hessian + _TINY * jnp.eye(n_i), gradient)
+    # ---- stage 1: closed-form alternation (weak perspective) ----
+    # Normal equations are accumulated over the K table rows with per-row weights,
+    # so no per-image gather of basis rows is needed.
+    def linear_step(iteration, state):
+        identity, expression, positions, pixel_scale, _, _, _, _ = state
+        points = _all_points(rows, identity, expression)
+        used = weights * (positions >= 0)
+        matrix, scale, translation, valid = estimate_weak_perspective_matrix(
+            points[jnp.maximum(positions, 0)], y, used
+        )
+        if config.reference_face_size is not None:
+            # Face size in pixels from the first estimate (mean shape, fixed landmarks).
+            measured = config.reference_face_size / jnp.maximum(scale * size3d, _TINY)
+            pixel_scale = jnp.where(iteration == 0, jnp.clip(measured, 1e-4, 1e4), pixel_scale)
+        weight = config.landmark_weight * pixel_scale**2
+        projection = scale * matrix[:2] * flip[:, None]
+        identity_rows = jnp.einsum("ij,kjn->kin", projection, rows.identity)
+        expression_rows = jnp.einsum("ij,kjn->kin", projection, rows.expression)
+        mean_image = rows.mean @ projection.T + translation
+        omega, target = aggregate(positions, used)
+        omega = weight * omega
+        target = weight * target
 
-        target = y - mean_image - jnp.einsum("kin,n->ki", identity_rows, identity)
-        hessian = jnp.einsum("k,kin,kim->nm", row_weight, expression_rows, expression_rows) + lam_exp * jnp.eye(n_e)
-        gradient = jnp.einsum("k,kin,ki->n", row_weight, expression_rows, target)
+        base = mean_image + expression_rows @ expression
+        hessian = _weighted_gram(identity_rows, omega) + lam_id * jnp.eye(n_i)
+        gradient = jnp.einsum("kin,ki->n", identity_rows, target - omega[:, None] * base)
+        identity = _spd_solve(hessian, gradient)
+
+        base = mean_image + identity_rows @ identity
+        hessian = _weighted_gram(expression_rows, omega) + lam_exp * jnp.eye(n_e)
+        gradient = jnp.einsum("kin,ki->n", expression_rows, target - omega[:, None] * base)
         if blendshape_bounds:
             expression = _bounded_quadratic(
                 hessian, gradient, rows.lower, rows.upper, expression, config.expression_solver_sweeps
             )
-        elif n_e:
-            expression = jnp.linalg.solve(hessian + _TINY * jnp.eye(n_e), gradient)
+        else:
+            expression = _spd_solve(hessian, gradient)
 
-        positions = match(camera, identity, expression, fixed)
-        return identity, expression, positions, camera, valid
+        projected = base + expression_rows @ expression
+        positions = match(projected, _yaw_degrees(matrix), fixed)
+        return identity, expression, positions, pixel_scale, matrix, scale, translation, valid
 
-    state = (identity, expression, match(camera0, identity, expression, fixed), camera0, valid0)
-    identity, expression, positions, camera_linear, valid_linear = jax.lax.fori_loop(
+    identity = jnp.zeros(n_i, dtype)
+    expression = jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)
+    state = (
+        identity,
+        expression,
+        fixed,
+        jnp.asarray(1.0, dtype),
+        jnp.eye(3, dtype=dtype),
+        jnp.asarray(1.0, dtype),
+        jnp.zeros(2, dtype),
+        jnp.asarray(False),
+    )
+    identity, expression, positions, pixel_scale, matrix, scale, translation, valid_linear = jax.lax.fori_loop(
         0, max(config.linear_iterations, 1), linear_step, state
     )
-    camera_linear = jax.tree_util.tree_map(lambda a, b: jnp.where(valid_linear, a, b), camera_linear, camera0)
+    landmark_weight = config.landmark_weight * pixel_scale**2
+    # Which contour sides are matched is decided once, from the initial pose: a yaw
+    # near the frontal threshold would otherwise flip a side in and out every
+    # iteration (each change moves the optimum's yaw back across the threshold).
+    yaw_linear = _yaw_degrees(matrix)
 
     # ---- stage 2: Levenberg–Marquardt on all parameters ----
-    used0 = weights * (positions >= 0)
-    centroid = jnp.sum(_points(rows, positions, identity, expression) * used0[:, None], 0) / jnp.maximum(
-        jnp.sum(used0), _TINY
+    used = weights * (positions >= 0)
+    points = _all_points(rows, identity, expression)[jnp.maximum(positions, 0)]
+    centroid = jnp.sum(points * used[:, None], 0) / jnp.maximum(jnp.sum(used), _TINY)
+    linear_camera = _camera_vector(matrix, scale, translation, centroid, config, principal_point)
+    theta0 = jnp.concatenate([linear_camera, identity, expression])
+    prior = jnp.concatenate(
+        [jnp.zeros(n_c, dtype), jnp.full(n_i, lam_id, dtype), jnp.full(n_e, lam_exp, dtype)]
     )
-    theta0 = jnp.concatenate([_camera_vector(camera_linear, centroid, config, principal_point), identity, expression])
-    sqrt_id, sqrt_exp = math.sqrt(lam_id), math.sqrt(lam_exp)
 
     def unpack(theta):
         return (
@@ -298,97 +343,82 @@ def _fit_one(
             theta[n_c + n_i :],
         )
 
-    def residuals(theta, positions):
+    def project_all(theta):
         camera, identity, expression = unpack(theta)
-        return project(camera, _points(rows, positions, identity, expression)[None])[0] - y
+        return project(camera, _all_points(rows, identity, expression)[None])[0]
 
-    def energy(theta, positions):
-        _, identity, expression = unpack(theta)
-        norms = pixel_scale * _safe_norm(residuals(theta, positions))
+    def project_all_twice(theta):
+        projected = project_all(theta)
+        return projected, projected
+
+    def energy(theta, projected, positions):
+        norms = pixel_scale * _safe_norm(projected[jnp.maximum(positions, 0)] - y)
         landmark = config.landmark_weight * jnp.sum(weights * (positions >= 0) * _robust(norms, config))
-        return landmark + lam_id * jnp.sum(identity**2) + lam_exp * jnp.sum(expression**2)
-
-    def weighted_vector(theta, positions, row_sqrt_weight):
-        _, identity, expression = unpack(theta)
-        landmark = (row_sqrt_weight[:, None] * residuals(theta, positions)).reshape(-1)
-        return jnp.concatenate([landmark, sqrt_id * identity, sqrt_exp * expression])
+        return landmark + jnp.sum(prior * theta**2)
 
     lower = jnp.concatenate([jnp.full(n_c + n_i, -jnp.inf, dtype), rows.lower])
     upper = jnp.concatenate([jnp.full(n_c + n_i, jnp.inf, dtype), rows.upper])
 
-    def project_bounds(theta):
-        return jnp.clip(theta, lower, upper) if blendshape_bounds else theta
-
     def lm_step(state):
-        theta, positions, damping, iteration, _, _ = state
-        camera, identity, expression = unpack(theta)
-        positions = match(camera, identity, expression, positions)
-        used = weights * (positions >= 0)
-        current = energy(theta, positions)
-        norms = pixel_scale * _safe_norm(residuals(theta, positions))
-        row_sqrt_weight = jnp.sqrt(landmark_weight * used * _huber_weights(norms, config))
-        vector = weighted_vector(theta, positions, row_sqrt_weight)
-        jacobian = jax.jacfwd(weighted_vector)(theta, positions, row_sqrt_weight)
-        normal = jacobian.T @ jacobian
-        gradient = jacobian.T @ vector
+        theta, positions, damping, iteration, _ = state
+        # Forward-mode Jacobian of every table row's projection (K, 2, n); the
+        # landmark residuals' Jacobian is its rows at the current correspondences.
+        jacobian, projected = jax.jacfwd(project_all_twice, has_aux=True)(theta)
+        positions = match(projected, yaw_linear, positions)
+        current = energy(theta, projected, positions)
+        norms = pixel_scale * _safe_norm(projected[jnp.maximum(positions, 0)] - y)
+        omega, target = aggregate(positions, landmark_weight * weights * _huber_weights(norms, config))
+        normal = _weighted_gram(jacobian, omega) + jnp.diag(prior)
+        gradient = jnp.einsum("kin,ki->n", jacobian, omega[:, None] * projected - target) + prior * theta
         if blendshape_bounds:
             # Weights held at a bound by the gradient stay there this step.
             frozen = ((theta <= lower) & (gradient > 0)) | ((theta >= upper) & (gradient < 0))
-            keep = ~frozen
-            normal = normal * keep[:, None] * keep[None, :]
-            gradient = gradient * keep
+            normal = normal * ~frozen[:, None] * ~frozen[None, :]
+            gradient = gradient * ~frozen
         diagonal = jnp.diagonal(normal)
         diagonal = jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY)
         # Jacobi scaling makes the damped system unit-diagonal (well conditioned in float32).
         scaling = 1.0 / jnp.sqrt(diagonal)
         scaled = normal * scaling[:, None] * scaling[None, :] + damping * jnp.eye(theta.shape[0], dtype=dtype)
-        step = -scaling * jnp.linalg.solve(scaled, scaling * gradient)
+        step = -scaling * _spd_solve(scaled, scaling * gradient)
         step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
-        candidate = project_bounds(theta + step)
+        candidate = jnp.clip(theta + step, lower, upper) if blendshape_bounds else theta + step
         step = candidate - theta
-        trial = energy(candidate, positions)
+        trial = energy(candidate, project_all(candidate), positions)
         accept = jnp.isfinite(trial) & (trial < current)
         predicted = -(2.0 * gradient @ step + step @ normal @ step)
         converged = (predicted <= config.tolerance * current) | (~accept & (damping >= _MAX_DAMPING))
         converged |= accept & (current - trial <= config.tolerance * current)
         theta = jnp.where(accept, candidate, theta)
         damping = jnp.where(accept, damping * config.damping_decrease, damping * config.damping_increase)
-        damping = jnp.minimum(damping, _MAX_DAMPING)
-        return theta, positions, damping, iteration + 1, converged, accept
+        return theta, positions, jnp.minimum(damping, _MAX_DAMPING), iteration + 1, converged
 
     def keep_going(state):
         return (state[3] < config.gauss_newton_iterations) & ~state[4]
 
-    initial_damping = jnp.asarray(config.initial_damping, dtype)
-    state = (theta0, positions, initial_damping, jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(False))
-    theta, positions, _, iterations, converged, _ = jax.lax.while_loop(keep_going, lm_step, state)
-    camera, identity, expression = unpack(theta)
-    positions = match(camera, identity, expression, positions)
+    state = (theta0, positions, jnp.asarray(config.initial_damping, dtype), jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    theta, positions, _, iterations, converged = jax.lax.while_loop(keep_going, lm_step, state)
 
     # ---- diagnostics and the validity flag ----
     used = (weights > 0) & (positions >= 0)
     n_used = jnp.sum(used)
-    valid = (n_used >= max(config.min_landmarks, MIN_POINTS)) & valid0 & valid_linear
-    valid &= jnp.all(jnp.isfinite(theta))
-    fallback = jnp.concatenate(
-        [_camera_vector(camera0, jnp.zeros(3, dtype), config, principal_point), jnp.zeros(n_i, dtype),
-         jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)]
-    )
-    fallback = jnp.where(jnp.isfinite(fallback), fallback, 0.0)
-    theta = jnp.where(valid, theta, fallback)
+    valid = (n_used >= max(config.min_landmarks, MIN_POINTS)) & valid_linear & jnp.all(jnp.isfinite(theta))
+    neutral = jnp.concatenate([linear_camera, jnp.zeros(n_i, dtype), jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)])
+    theta = jnp.where(valid, theta, jnp.where(jnp.isfinite(neutral), neutral, 0.0))
     camera, identity, expression = unpack(theta)
-    final_energy = jnp.where(valid, energy(theta, positions), 0.0)
-    final_residuals = jnp.where(used[:, None], residuals(theta, positions), 0.0)
+    projected = project_all(theta)
+    final_energy = jnp.where(valid, energy(theta, projected, positions), 0.0)
+    final_residuals = jnp.where(used[:, None], projected[jnp.maximum(positions, 0)] - y, 0.0)
     rmse = jnp.sqrt(jnp.sum(final_residuals**2) / jnp.maximum(n_used, 1))
 
     eyes = np.asarray(OUTER_EYE_CORNERS)
     input_eyes = jnp.linalg.norm(y[eyes[0]] - y[eyes[1]])
     have_input_eyes = jnp.all(weights[eyes] > 0) & (input_eyes > 0)
     if right_eye >= 0 and left_eye >= 0:
-        corners = project(camera, _points(rows, jnp.asarray([right_eye, left_eye]), identity, expression)[None])[0]
-        model_eyes = jnp.linalg.norm(corners[0] - corners[1])
+        model_eyes = jnp.linalg.norm(projected[right_eye] - projected[left_eye])
     else:
-        model_eyes = 2.0 * jnp.sqrt(jnp.sum(_safe_norm(y - principal_point) ** 2 * used) / jnp.maximum(n_used, 1))
+        centred = (y - jnp.sum(y * used[:, None], 0) / jnp.maximum(n_used, 1)) * used[:, None]
+        model_eyes = 2.0 * jnp.sqrt(jnp.sum(centred**2) / jnp.maximum(n_used, 1))
     eye_distance = jnp.where(have_input_eyes, input_eyes, model_eyes)
     rmse_normalised = rmse / jnp.where(eye_distance > 0, eye_distance, 1.0)
 
@@ -467,8 +497,8 @@ def fit_image(
       ...                                          jax.numpy.array([320.0, 240.0]))
       >>> y = morphable.project(camera, morphable.landmarks(model, np.ones(4) * 0.5, np.ones(2) * 0.5))
       >>> result = fit_image(model, y)
-      >>> bool(result.valid), bool(result.rmse < 0.5)
-      (True, True)
+      >>> bool(result.valid), result.identity.shape, result.residuals.shape
+      (True, (4,), (68, 2))
     """
     if not isinstance(model, MorphableModel):
         raise ValueError(f"model: expected a morphable.MorphableModel, got {type(model).__name__}")
