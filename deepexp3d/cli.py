@@ -61,11 +61,65 @@ def info(
     typer.echo("expression components: " + ", ".join(loaded.expression_names))
 
 
+@app.command()
+def annotate(
+    video_dir: Path = typer.Argument(..., help="Folder of face videos (searched recursively)."),
+    out_dir: Path = typer.Argument(..., help="Output folder (an existing one is resumed)."),
+    model: str = typer.Option("ict-face", help="'ict-face', 'ict', 'sfm' or a native .npz model file."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes for detection and cropping (default: CPU count)."),
+    engine: str = typer.Option("process", help="'process' (local workers) or 'ray'."),
+    stride: int = typer.Option(1, help="Use every STRIDE-th frame."),
+    max_frames: Optional[int] = typer.Option(None, help="At most this many frames per video."),
+    upsample: int = typer.Option(1, help="dlib face-detector upsampling (0 is faster, misses small faces)."),
+    prune_quantile: float = typer.Option(0.999, help="Prune videos whose ‖identity‖² exceeds this χ² quantile."),
+    seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
+) -> None:
+    """Turn a folder of face videos into training shards (detect → clean → fit → prune → write)."""
+    from fitting.annotate import AnnotateConfig
+    from fitting.annotate import annotate as run_annotation
+
+    config = AnnotateConfig(
+        stride=stride, max_frames=max_frames, detector_upsample=upsample, prune_quantile=prune_quantile, seed=seed
+    )
+    try:
+        summary = run_annotation(
+            video_dir, out_dir, model=_load_model(model), config=config, workers=workers, engine=engine
+        )
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(
+        f"{summary.videos} videos: {summary.ok} ok, {summary.pruned} pruned, {summary.failed} failed; "
+        f"{summary.frames_kept} frames kept"
+    )
+    for reason, count in summary.reasons.items():
+        typer.echo(f"  {reason}: {count}")
+    typer.echo(f"manifest, shards, splits and report in {out_dir}")
+
+
+@app.command("annotate-prune")
+def annotate_prune(
+    out_dir: Path = typer.Argument(..., help="An annotation output folder."),
+    prune_list: Path = typer.Argument(..., help="Text file with one video id per line ('#' comments)."),
+) -> None:
+    """Manually prune videos of an annotated dataset (no refitting)."""
+    from fitting.annotate import apply_prune_list
+
+    try:
+        pruned = apply_prune_list(out_dir, prune_list)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"pruned {len(pruned)} videos: {', '.join(pruned) or '-'}")
+
+
 def _load_model(name: str):
     from morphable.io import load_ict, load_model
 
     if name == "ict":
         return load_ict()
+    if name == "ict-face":
+        return load_ict(region="face")
     if name == "sfm":
         from morphable.io.eos import load_sfm
 
