@@ -94,7 +94,14 @@ class AnnotateConfig:
       detector_upsample: dlib HOG upsampling (1 finds faces down to ~40 px).
       tracking: false-detection rules (paper: K = 5, F = 2000, margin ½).
       smoothing: spline smoothing (default: fills gaps shorter than K).
-      fit: whole-video fit settings.
+      fit: whole-video fit settings. The default trusts detected landmarks to
+        σ = 3 px on a face 100 px between the eye corners (dlib's NME is ≈ 2.8 %
+        on 300-W) and weighs the identity prior as 64 frames' worth of evidence:
+        a detector's errors are correlated across the frames of a video, so
+        treating every frame as independent evidence lets the small identity
+        modes absorb its systematic errors (‖i‖ ≈ 25 on the shared clips with
+        the solver's defaults, against ≈ 2–4 with these settings, below the χ²
+        pruning threshold of ≈ 12 for 100 components).
       prune_quantile: ‖i‖² above this χ²(n_i) quantile is pruned (default 0.999).
       min_frames: fewest frames with landmarks for a video to be fitted.
       image_encoding, jpeg_quality: how crops are stored.
@@ -107,7 +114,7 @@ class AnnotateConfig:
     detector_upsample: int = 1
     tracking: TrackingConfig = TrackingConfig()
     smoothing: SmoothingConfig | None = None
-    fit: VideoFitConfig = VideoFitConfig()
+    fit: VideoFitConfig = VideoFitConfig(landmark_weight=1.0 / 9.0, identity_prior_weight=64.0)
     prune_quantile: float = 0.999
     min_frames: int = 10
     image_encoding: str = "jpeg"

@@ -100,7 +100,8 @@ def _plots(out: Path, norms, threshold, rmse, nme) -> None:
     ax.set_xlabel("‖identity‖ (std units)")
     ax.set_ylabel("videos")
     ax.set_title("Identity norm of the video fits")
-    ax.legend(fontsize=8)
+    if norms.size or threshold is not None:
+        ax.legend(fontsize=8)
     figure.savefig(out / "report_identity_norm.png", dpi=110, bbox_inches="tight")
     plt.close(figure)
 

@@ -64,7 +64,9 @@ class ImageFitConfig:
       initial_damping: initial Levenberg–Marquardt damping ``μ`` (relative to the
         diagonal of the normal matrix). Default 1e-3.
       damping_increase, damping_decrease: factors applied to ``μ`` after a
-        rejected / accepted step. Defaults 10 and 0.3.
+        rejected step or one whose decrease fell short of a quarter of the
+        predicted one / after a step that achieved more than three quarters of
+        it (Marquardt's gain-ratio rule). Defaults 10 and 0.3.
       tolerance: the refinement stops when an accepted step lowers the energy by
         less than this fraction (or its Gauss–Newton model predicts less). Default 1e-5.
       contour_fitting: re-match the outer-contour landmarks (iBUG 1–8, 10–17) to

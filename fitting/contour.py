@@ -139,7 +139,9 @@ def match_contour(
       landmark the model has no vertex for). Landmarks outside the contour keep
       their fixed vertex.
     """
-    batch = jnp.broadcast_shapes(projected.shape[:-2], landmarks2d.shape[:-2], weights.shape[:-1], jnp.shape(yaw_degrees))
+    batch = jnp.broadcast_shapes(
+        projected.shape[:-2], landmarks2d.shape[:-2], weights.shape[:-1], jnp.shape(yaw_degrees)
+    )
     positions = jnp.broadcast_to(jnp.asarray(table.fixed, jnp.int32), (*batch, N_LANDMARKS))
     for side, landmark_ids, use in (
         (table.right, RIGHT_CONTOUR_LANDMARKS, yaw_degrees >= -frontal_yaw_degrees),

@@ -12,21 +12,26 @@ finishes:
    linear least squares given that camera; the expression coefficients likewise,
    bounded by projected coordinate descent for blendshapes (eos uses NNLS); the
    contour correspondences for the new pose (:mod:`fitting.contour`).
-2. **Levenberg–Marquardt refinement** of camera, identity and expression jointly.
-   The Jacobian of the weighted residual vector comes from ``jax.jacfwd``, so any
-   camera of :mod:`morphable.camera` works; the Huber loss is handled by
-   iteratively reweighted least squares; blendshape bounds by freezing the
-   weights held at a bound by the gradient and projecting the step; contour
-   correspondences are re-matched before every iteration.
+2. **Levenberg–Marquardt refinement** of camera, identity and expression jointly
+   (Marquardt's diagonal damping, Jacobi-scaled normal equations solved by
+   Cholesky). The Jacobian is ``jax.jacfwd`` of the projection of the model rows
+   landmarks can map to, so every camera of :mod:`morphable.camera` works; the
+   residuals' Jacobian is its rows at the current correspondences. The Huber loss
+   is handled by iteratively reweighted least squares; blendshape bounds by
+   freezing the weights held at a bound by the gradient and projecting the step.
+   Contour correspondences are re-matched to the nearest candidate before every
+   iteration; which sides are matched is fixed from the initial pose.
 
-Only the model rows that landmarks can map to are gathered (a few dozen
-vertices), and each batch of images is one ``vmap``-ed, jitted program compiled
-once per (model layout, batch size, configuration).
+Only the model rows that landmarks can map to take part (the fixed landmark
+vertices and the contour candidates: 50–110 rows for SFM and ICT); normal
+equations are accumulated over them with per-row weights, so no per-image gather
+of basis rows happens. Each batch of images is one ``vmap``-ed, jitted program,
+compiled once per (model layout, batch size, configuration). Under ``vmap`` the
+refinement loop runs until the slowest image of the batch stops.
 """
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +43,7 @@ from fitting.config import ImageFitConfig
 from fitting.contour import N_LANDMARKS, LandmarkVertexTable, landmark_vertex_table, match_contour
 from morphable.camera import Camera, PerspectiveCamera, WeakPerspectiveCamera, project
 from morphable.model import MorphableModel
-from morphable.rotation import matrix_to_axis_angle
+from morphable.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["ImageFitResult", "fit_image", "OUTER_EYE_CORNERS"]
 
@@ -118,40 +123,52 @@ def _all_points(rows: _Rows, identity: jax.Array, expression: jax.Array) -> jax.
 
 
 def _n_camera_parameters(config: ImageFitConfig) -> int:
-    if config.camera == "weak_perspective":
-        return 6
-    return 7 if config.fit_focal_length else 6
+    return 7 if config.camera == "perspective" and config.fit_focal_length else 6
 
 
-def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array) -> Camera:
-    """Unpack the camera parameters (log scale / log focal keep them positive)."""
+def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array, pivot: jax.Array) -> Camera:
+    """Unpack the optimised camera parameters into a :mod:`morphable.camera` camera.
+
+    Every camera is parametrised like the weak-perspective one, ``(rotation,
+    image position of the pivot (px), log scale (px per model unit))``, plus, when
+    the focal length is fitted, the log distance of the pivot: the pinhole camera's
+    distance is ``f / scale`` (or ``f = scale · distance``). The pivot is the
+    landmarks' centroid in the model frame. Rotating about the face rather than the
+    model origin, and giving depth as a scale, decouples the parameters, which keeps
+    the float32 normal equations well conditioned and the problem nearly linear.
+    """
+    dtype = vector.dtype
+    flip = jnp.array([1.0, -1.0], dtype)
+    rotated_pivot = axis_angle_to_matrix(vector[0:3]) @ pivot
+    image_pivot, scale = vector[3:5], jnp.exp(vector[5])
     if config.camera == "weak_perspective":
-        return WeakPerspectiveCamera(rotation=vector[0:3], scale=jnp.exp(vector[3]), translation=vector[4:6])
-    focal = jnp.exp(vector[6]) if config.fit_focal_length else jnp.asarray(config.focal_length, vector.dtype)
+        translation = image_pivot - scale * rotated_pivot[:2] * flip
+        return WeakPerspectiveCamera(rotation=vector[0:3], scale=scale, translation=translation)
+    if config.fit_focal_length:
+        distance = jnp.exp(vector[6])
+        focal = scale * distance
+    else:
+        focal = jnp.asarray(config.focal_length, dtype)
+        distance = focal / scale
+    pivot_in_camera = jnp.concatenate([(image_pivot - principal_point) * flip / scale, -distance[None]])
     return PerspectiveCamera(
-        rotation=vector[0:3], translation=vector[3:6], focal=focal, principal_point=principal_point
+        rotation=vector[0:3], translation=pivot_in_camera - rotated_pivot, focal=focal, principal_point=principal_point
     )
 
 
-def _camera_vector(matrix, scale, translation, centroid3d, config: ImageFitConfig, principal_point):
-    """Parameters of the configured camera, initialised from a weak-perspective one.
+def _camera_vector(matrix, scale, translation, pivot, config: ImageFitConfig):
+    """Parameters (see :func:`_camera_from_vector`) of a weak-perspective camera.
 
-    For a pinhole camera the depth of the landmarks' centroid is set to
-    ``f / s`` and the translation so that the centroid projects where the weak
-    camera put it: the two then agree to first order around the face.
+    A pinhole camera starts at the distance ``f / s`` with the pivot imaged where
+    the weak camera put it: the two agree to first order around the face.
     """
     rotation = matrix_to_axis_angle(matrix)
-    if config.camera == "weak_perspective":
-        return jnp.concatenate([rotation, jnp.log(scale)[None], translation])
-    focal = jnp.asarray(config.focal_length, scale.dtype)
-    rotated = matrix @ centroid3d
-    image_centroid = scale * rotated[:2] * jnp.array([1.0, -1.0]) + translation
-    tz = -focal / scale - rotated[2]
-    tx = (image_centroid[0] - principal_point[0]) / scale - rotated[0]
-    ty = -(image_centroid[1] - principal_point[1]) / scale - rotated[1]
-    parts = [rotation, jnp.stack([tx, ty, tz])]
-    if config.fit_focal_length:
-        parts.append(jnp.log(focal)[None])
+    # Use the matrix the parameters encode, so the pivot's image is preserved exactly.
+    rotated = axis_angle_to_matrix(rotation) @ pivot
+    image_pivot = scale * rotated[:2] * jnp.array([1.0, -1.0]) + translation
+    parts = [rotation, image_pivot, jnp.log(scale)[None]]
+    if config.camera == "perspective" and config.fit_focal_length:
+        parts.append(jnp.log(config.focal_length / scale)[None])
     return jnp.concatenate(parts)
 
 
@@ -168,6 +185,16 @@ def _weighted_gram(rows: jax.Array, row_weights: jax.Array) -> jax.Array:
     flat = rows.reshape(-1, rows.shape[-1])
     weighted = (rows * row_weights[:, None, None]).reshape(flat.shape)
     return weighted.T @ flat
+
+
+def _map_rows(linear: jax.Array, basis: jax.Array) -> jax.Array:
+    """``linear_k @ basis_k`` for ``linear (2, 3)`` or ``(K, 2, 3)`` and ``basis (K, 3, n)`` → ``(K, 2, n)``.
+
+    Written as three broadcast multiply-adds: XLA fuses them into one vectorised
+    loop, where the equivalent einsum becomes many tiny matrix products.
+    """
+    linear = jnp.broadcast_to(linear, (basis.shape[0], 2, 3))
+    return sum(linear[:, :, j, None] * basis[:, None, j, :] for j in range(3))
 
 
 def _spd_solve(matrix, rhs):
@@ -279,8 +306,8 @@ def _fit_one(
             pixel_scale = jnp.where(iteration == 0, jnp.clip(measured, 1e-4, 1e4), pixel_scale)
         weight = config.landmark_weight * pixel_scale**2
         projection = scale * matrix[:2] * flip[:, None]
-        identity_rows = jnp.einsum("ij,kjn->kin", projection, rows.identity)
-        expression_rows = jnp.einsum("ij,kjn->kin", projection, rows.expression)
+        identity_rows = _map_rows(projection, rows.identity)
+        expression_rows = _map_rows(projection, rows.expression)
         mean_image = rows.mean @ projection.T + translation
         omega, target = aggregate(positions, used)
         omega = weight * omega
@@ -330,7 +357,7 @@ def _fit_one(
     used = weights * (positions >= 0)
     points = _all_points(rows, identity, expression)[jnp.maximum(positions, 0)]
     centroid = jnp.sum(points * used[:, None], 0) / jnp.maximum(jnp.sum(used), _TINY)
-    linear_camera = _camera_vector(matrix, scale, translation, centroid, config, principal_point)
+    linear_camera = _camera_vector(matrix, scale, translation, centroid, config)
     theta0 = jnp.concatenate([linear_camera, identity, expression])
     prior = jnp.concatenate(
         [jnp.zeros(n_c, dtype), jnp.full(n_i, lam_id, dtype), jnp.full(n_e, lam_exp, dtype)]
@@ -338,7 +365,7 @@ def _fit_one(
 
     def unpack(theta):
         return (
-            _camera_from_vector(theta[:n_c], config, principal_point),
+            _camera_from_vector(theta[:n_c], config, principal_point, centroid),
             theta[n_c : n_c + n_i],
             theta[n_c + n_i :],
         )
@@ -347,9 +374,29 @@ def _fit_one(
         camera, identity, expression = unpack(theta)
         return project(camera, _all_points(rows, identity, expression)[None])[0]
 
-    def project_all_twice(theta):
-        projected = project_all(theta)
+    def project_points(camera_vector, points):
+        return project(_camera_from_vector(camera_vector, config, principal_point, centroid), points[None])[0]
+
+    def project_with_primal(camera_vector, points):
+        projected = project_points(camera_vector, points)
         return projected, projected
+
+    shape_basis = jnp.concatenate([rows.identity, rows.expression], axis=-1)  # (K, 3, n_i + n_e)
+
+    def jacobian_and_projection(theta):
+        """Forward-mode Jacobian ``(K, 2, n)`` of every table row's projection, and the projection.
+
+        ``jax.jacfwd`` differentiates the camera's projection (any camera) with
+        respect to its parameters and to each row's 3D point; the shape part
+        follows by the chain rule through the linear model, ``∂π/∂X · basis``,
+        which avoids pushing one-hot tangents through the basis product.
+        """
+        _, identity, expression = unpack(theta)
+        points = _all_points(rows, identity, expression)
+        camera_jacobian, projected = jax.jacfwd(project_with_primal, has_aux=True)(theta[:n_c], points)
+        point_jacobian = jax.vmap(jax.jacfwd(lambda point: project_points(theta[:n_c], point[None])[0]))(points)
+        shape_jacobian = _map_rows(point_jacobian, shape_basis)
+        return jnp.concatenate([camera_jacobian, shape_jacobian], axis=-1), projected
 
     def energy(theta, projected, positions):
         norms = pixel_scale * _safe_norm(projected[jnp.maximum(positions, 0)] - y)
@@ -359,11 +406,27 @@ def _fit_one(
     lower = jnp.concatenate([jnp.full(n_c + n_i, -jnp.inf, dtype), rows.lower])
     upper = jnp.concatenate([jnp.full(n_c + n_i, jnp.inf, dtype), rows.upper])
 
+    def damped_step(normal, gradient, frozen, damping):
+        """Levenberg–Marquardt step with the ``frozen`` parameters held, and its predicted decrease."""
+        normal = normal * ~frozen[:, None] * ~frozen[None, :]
+        gradient = gradient * ~frozen
+        diagonal = jnp.diagonal(normal)
+        diagonal = jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY)
+        # Jacobi scaling makes the damped system unit-diagonal (well conditioned in float32).
+        scaling = 1.0 / jnp.sqrt(diagonal)
+        scaled = normal * scaling[:, None] * scaling[None, :] + damping * jnp.eye(gradient.shape[0], dtype=dtype)
+        solution = _spd_solve(scaled, scaling * gradient)
+        solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0.0)
+        # Decrease the damped Gauss–Newton model predicts, −(2gᵀδ + δᵀNδ) =
+        # uᵀ(SNS + 2μI)u, evaluated in the scaled variables: the unscaled form cancels
+        # catastrophically in float32. Near zero at a minimum over the free parameters.
+        predicted = solution @ (scaled @ solution) + damping * (solution @ solution)
+        return -scaling * solution, predicted
+
     def lm_step(state):
         theta, positions, damping, iteration, _ = state
-        # Forward-mode Jacobian of every table row's projection (K, 2, n); the
-        # landmark residuals' Jacobian is its rows at the current correspondences.
-        jacobian, projected = jax.jacfwd(project_all_twice, has_aux=True)(theta)
+        # The landmark residuals' Jacobian is the rows' at the current correspondences.
+        jacobian, projected = jacobian_and_projection(theta)
         positions = match(projected, yaw_linear, positions)
         current = energy(theta, projected, positions)
         norms = pixel_scale * _safe_norm(projected[jnp.maximum(positions, 0)] - y)
@@ -371,39 +434,61 @@ def _fit_one(
         normal = _weighted_gram(jacobian, omega) + jnp.diag(prior)
         gradient = jnp.einsum("kin,ki->n", jacobian, omega[:, None] * projected - target) + prior * theta
         if blendshape_bounds:
-            # Weights held at a bound by the gradient stay there this step.
-            frozen = ((theta <= lower) & (gradient > 0)) | ((theta >= upper) & (gradient < 0))
-            normal = normal * ~frozen[:, None] * ~frozen[None, :]
-            gradient = gradient * ~frozen
-        diagonal = jnp.diagonal(normal)
-        diagonal = jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY)
-        # Jacobi scaling makes the damped system unit-diagonal (well conditioned in float32).
-        scaling = 1.0 / jnp.sqrt(diagonal)
-        scaled = normal * scaling[:, None] * scaling[None, :] + damping * jnp.eye(theta.shape[0], dtype=dtype)
-        step = -scaling * _spd_solve(scaled, scaling * gradient)
-        step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
-        candidate = jnp.clip(theta + step, lower, upper) if blendshape_bounds else theta + step
-        step = candidate - theta
-        trial = energy(candidate, project_all(candidate), positions)
+            # Active set: weights on a bound that the gradient pushes outwards stay
+            # there; then also those the coupled Gauss–Newton step would push out
+            # (the gradient may point inwards while the step points outwards; projecting
+            # such a step moves the other parameters as if the weight had moved).
+            at_lower, at_upper = theta <= lower, theta >= upper
+            frozen = (at_lower & (gradient > 0)) | (at_upper & (gradient < 0))
+            step, predicted = damped_step(normal, gradient, frozen, damping)
+            frozen |= (at_lower & (step < 0)) | (at_upper & (step > 0))
+            step, predicted = damped_step(normal, gradient, frozen, damping)
+            # Two feasible versions of the step: projected onto the box, and truncated
+            # where it first meets the box (weights already on a bound are projected,
+            # so they cannot stall it). A projected Gauss–Newton step can go uphill
+            # when it cuts weights coupled to others; keep the better of the two.
+            projected_candidate = jnp.clip(theta + step, lower, upper)
+            inside = (theta > lower) & (theta < upper)
+            room = jnp.where(step < 0, (lower - theta) / step, jnp.where(step > 0, (upper - theta) / step, jnp.inf))
+            room = jnp.where(inside, room, jnp.inf)
+            fraction = jnp.clip(jnp.min(room), 0.0, 1.0)
+            truncated_candidate = jnp.clip(theta + fraction * step, lower, upper)
+            projected_trial = energy(projected_candidate, project_all(projected_candidate), positions)
+            truncated_trial = energy(truncated_candidate, project_all(truncated_candidate), positions)
+            take_truncated = truncated_trial < projected_trial
+            candidate = jnp.where(take_truncated, truncated_candidate, projected_candidate)
+            trial = jnp.minimum(truncated_trial, projected_trial)
+        else:
+            step, predicted = damped_step(normal, gradient, jnp.zeros(theta.shape, bool), damping)
+            candidate = theta + step
+            trial = energy(candidate, project_all(candidate), positions)
         accept = jnp.isfinite(trial) & (trial < current)
-        predicted = -(2.0 * gradient @ step + step @ normal @ step)
         converged = (predicted <= config.tolerance * current) | (~accept & (damping >= _MAX_DAMPING))
         converged |= accept & (current - trial <= config.tolerance * current)
         theta = jnp.where(accept, candidate, theta)
-        damping = jnp.where(accept, damping * config.damping_decrease, damping * config.damping_increase)
+        # Marquardt's rule on the gain ratio (actual / predicted decrease): trust the
+        # quadratic model more when it was right, less when it was not.
+        gain = (current - trial) / jnp.maximum(predicted, _TINY)
+        damping = jnp.where(
+            ~accept | (gain < 0.25),
+            damping * config.damping_increase,
+            jnp.where(gain > 0.75, damping * config.damping_decrease, damping),
+        )
         return theta, positions, jnp.minimum(damping, _MAX_DAMPING), iteration + 1, converged
 
     def keep_going(state):
         return (state[3] < config.gauss_newton_iterations) & ~state[4]
 
-    state = (theta0, positions, jnp.asarray(config.initial_damping, dtype), jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    damping = jnp.asarray(config.initial_damping, dtype)
+    state = (theta0, positions, damping, jnp.asarray(0, jnp.int32), jnp.asarray(False))
     theta, positions, _, iterations, converged = jax.lax.while_loop(keep_going, lm_step, state)
 
     # ---- diagnostics and the validity flag ----
     used = (weights > 0) & (positions >= 0)
     n_used = jnp.sum(used)
     valid = (n_used >= max(config.min_landmarks, MIN_POINTS)) & valid_linear & jnp.all(jnp.isfinite(theta))
-    neutral = jnp.concatenate([linear_camera, jnp.zeros(n_i, dtype), jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)])
+    neutral_expression = jnp.clip(jnp.zeros(n_e, dtype), rows.lower, rows.upper)
+    neutral = jnp.concatenate([linear_camera, jnp.zeros(n_i, dtype), neutral_expression])
     theta = jnp.where(valid, theta, jnp.where(jnp.isfinite(neutral), neutral, 0.0))
     camera, identity, expression = unpack(theta)
     projected = project_all(theta)
@@ -503,7 +588,9 @@ def fit_image(
     if not isinstance(model, MorphableModel):
         raise ValueError(f"model: expected a morphable.MorphableModel, got {type(model).__name__}")
     if len(model.landmark_indices) != N_LANDMARKS:
-        raise ValueError(f"model: expected {N_LANDMARKS} landmark slots (iBUG order), got {len(model.landmark_indices)}")
+        raise ValueError(
+            f"model: expected {N_LANDMARKS} landmark slots (iBUG order), got {len(model.landmark_indices)}"
+        )
     if not isinstance(config, ImageFitConfig):
         raise ValueError(f"config: expected an ImageFitConfig, got {type(config).__name__}")
     config.validate()
@@ -523,7 +610,8 @@ def fit_image(
                 weights = jnp.broadcast_to(weights, (*batch_shape, N_LANDMARKS))
             except ValueError:
                 raise ValueError(
-                    f"weights: expected shape {(*batch_shape, N_LANDMARKS)} (or broadcastable), got {tuple(weights.shape)}"
+                    f"weights: expected shape {(*batch_shape, N_LANDMARKS)} (or broadcastable), "
+                    f"got {tuple(weights.shape)}"
                 ) from None
         host = np.asarray(weights)
         if np.isnan(host).any() or (host < 0).any() or np.isinf(host).any():
@@ -534,7 +622,8 @@ def fit_image(
             principal_point = jnp.broadcast_to(principal_point, (*batch_shape, 2))
         except ValueError:
             raise ValueError(
-                f"principal_point: expected shape {(*batch_shape, 2)} (or broadcastable), got {tuple(principal_point.shape)}"
+                f"principal_point: expected shape {(*batch_shape, 2)} (or broadcastable), "
+                f"got {tuple(principal_point.shape)}"
             ) from None
         if not np.all(np.isfinite(np.asarray(principal_point))):
             raise ValueError("principal_point: contains NaN or infinite values")

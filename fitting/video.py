@@ -126,6 +126,14 @@ class VideoFitConfig:
         keeps frames without any information solvable. Default 1e-6.
       schur_samples: frames sampled to estimate the identity Schur complement
         each iteration (all valid frames when there are fewer). Default 64.
+      bound_corrections: per frame and iteration, how many blendshape
+        coefficients the Newton step pushes past a bound are put on it with the
+        rest of the frame re-optimised (a low-rank update of the factorisation);
+        0 is plain projected Newton (clipping). Default 8.
+      temporal_anchor: centre the diagonal temporal majoriser on a per-video
+        constant solved with the identity, so moving all frames together (the
+        scale against the identity's size, the mean expression against the
+        identity) is not slowed by the majoriser. Default True.
       implicit_iterations: conjugate-gradient iterations of the implicit
         gradient. Default 100.
       implicit_tolerance: their relative residual tolerance. Default 1e-6.
@@ -148,6 +156,8 @@ class VideoFitConfig:
     max_backtracks: int = struct.field(pytree_node=False, default=4)
     damping: float = struct.field(pytree_node=False, default=1e-6)
     schur_samples: int = struct.field(pytree_node=False, default=64)
+    bound_corrections: int = struct.field(pytree_node=False, default=8)
+    temporal_anchor: bool = struct.field(pytree_node=False, default=True)
     implicit_iterations: int = struct.field(pytree_node=False, default=100)
     implicit_tolerance: float = struct.field(pytree_node=False, default=1e-6)
 
@@ -177,6 +187,7 @@ class VideoFitConfig:
             "min_landmarks",
             "min_valid_frames",
             "max_backtracks",
+            "bound_corrections",
             "implicit_iterations",
         ):
             value = getattr(self, name)

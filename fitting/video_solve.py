@@ -35,19 +35,30 @@ more than one frame with another except the ``n_i × n_i`` identity block:
   the quadratic model. Frames without landmarks are filled in by these terms
   (starting from a linear interpolation of their neighbours).
 * **Identity.** With the per-frame blocks ``D_f`` (59 × 59 for ICT) factorised
-  once per iteration, the frame unknowns are eliminated exactly: the reduced
-  identity system is ``S δi = r`` with ``S = H_ii − Σ_f C_fᵀ D_f⁻¹ C_f``. The
-  100-right-hand-side terms of ``S`` are computed on a fixed-size sample of
-  frames (``schur_samples``, spread evenly over the valid frames and weighted to
-  represent all of them), so their cost does not grow with ``F``; ``S`` is only
-  used to pick the identity search direction ``S⁻¹ r``. The step then minimises
-  the quadratic model exactly over identity steps in the span of that direction
-  and the previous identity step (two extra right-hand sides of the per-frame
-  solve), with every frame's unknowns at their exact optimum for it.
+  once per iteration (one batched Cholesky), the frame unknowns are eliminated
+  exactly given the identity step: the reduced identity system is
+  ``S δi = r`` with ``S = H_ii − Σ_f C_fᵀ D_f⁻¹ C_f`` and
+  ``r = −g_i + Σ_f C_fᵀ D_f⁻¹ g_f``. Their 100-right-hand-side terms (the
+  expensive part) are computed on a fixed-size sample of frames
+  (``schur_samples``, spread evenly over the valid frames and weighted to
+  represent all of them; exact when the video has fewer valid frames), so their
+  cost does not grow with ``F``; they only choose the identity search direction
+  ``S⁻¹ r``. One per-frame solve with three right-hand sides then gives the
+  exact minimiser of the quadratic model over identity steps in the span of
+  that direction and the previous identity step, every frame's unknowns at
+  their exact optimum for it.
 * **Blendshape bounds** ``lower ≤ e ≤ upper`` by projected Newton (Bertsekas):
   coefficients at a bound whose gradient points outwards are held, the others
-  take the Newton step of the reduced system, the result is clipped.
+  take the Newton step. Coefficients the step pushes past a bound are then put
+  on it and the rest of their frame re-optimised (a rank-``bound_corrections``
+  update of the same factorisation: one more solve), so strongly coupled
+  blendshapes are not simply clipped; anything still outside is clipped.
 * Each step is accepted with backtracking on the true energy.
+
+Per iteration and frame this is one Cholesky factorisation of a
+``(n_e + 6)²`` block, two triangular-solve pairs with 3 and
+``bound_corrections`` right-hand sides, and matrix products with the shared
+landmark bases; everything else is O(1) in ``F``.
 
 Everything is ``jax.numpy`` inside one ``lax.while_loop``: jittable, ``vmap``-able
 over videos, compiled once per (model layout, number of frames).
@@ -222,21 +233,33 @@ def _pad(x: jax.Array, before: int, after: int) -> jax.Array:
 
 
 def temporal_energy(values: jax.Array, exists: jax.Array, velocity: float, acceleration: float) -> jax.Array:
-    """``velocity Σ‖x_f − x_{f−1}‖² + acceleration Σ‖x_{f+1} − 2x_f + x_{f−1}‖²`` over existing frames."""
-    first = values[1:] - values[:-1]
-    second = values[2:] - 2.0 * values[1:-1] + values[:-2]
-    return velocity * jnp.sum(_pair_mask(exists)[:, None] * first**2) + acceleration * jnp.sum(
-        _triple_mask(exists)[:, None] * second**2
-    )
+    """``velocity Σ‖x_f − x_{f−1}‖² + acceleration Σ‖x_{f+1} − 2x_f + x_{f−1}‖²`` over existing frames.
+
+    Args:
+      values: ``(F, k)``; exists: ``(F,)`` 1 inside the video.
+    """
+    n = values.shape[0]
+    total = jnp.zeros((), values.dtype)
+    if n >= 2:
+        first = values[1:] - values[:-1]
+        total += velocity * jnp.sum(_pair_mask(exists)[:, None] * first**2)
+    if n >= 3:
+        second = values[2:] - 2.0 * values[1:-1] + values[:-2]
+        total += acceleration * jnp.sum(_triple_mask(exists)[:, None] * second**2)
+    return total
 
 
 def temporal_gradient(values: jax.Array, exists: jax.Array, velocity: float, acceleration: float) -> jax.Array:
     """Half the gradient of :func:`temporal_energy`, ``(F, k)``."""
-    first = _pair_mask(exists)[:, None] * (values[1:] - values[:-1])
-    second = _triple_mask(exists)[:, None] * (values[2:] - 2.0 * values[1:-1] + values[:-2])
-    return velocity * (_pad(first, 1, 0) - _pad(first, 0, 1)) + acceleration * (
-        _pad(second, 2, 0) - 2.0 * _pad(second, 1, 1) + _pad(second, 0, 2)
-    )
+    n = values.shape[0]
+    gradient = jnp.zeros_like(values)
+    if n >= 2:
+        first = _pair_mask(exists)[:, None] * (values[1:] - values[:-1])
+        gradient += velocity * (_pad(first, 1, 0) - _pad(first, 0, 1))
+    if n >= 3:
+        second = _triple_mask(exists)[:, None] * (values[2:] - 2.0 * values[1:-1] + values[:-2])
+        gradient += acceleration * (_pad(second, 2, 0) - 2.0 * _pad(second, 1, 1) + _pad(second, 0, 2))
+    return gradient
 
 
 def temporal_diagonal(exists: jax.Array, velocity: float, acceleration: float, majorise: bool) -> jax.Array:
@@ -245,14 +268,17 @@ def temporal_diagonal(exists: jax.Array, velocity: float, acceleration: float, m
     The majoriser is the row sum of absolute values (Gershgorin), so
     ``diag(majoriser) − Hessian`` is positive semi-definite.
     """
-    pairs, triples = _pair_mask(exists), _triple_mask(exists)
-    pair_count = _pad(pairs, 1, 0) + _pad(pairs, 0, 1)
-    if majorise:
-        # |coefficient| · Σ|coefficients|: 1·2 per pair, 1·4 / 2·4 / 1·4 per triple.
-        return velocity * 2.0 * pair_count + acceleration * 4.0 * (
-            _pad(triples, 2, 0) + 2.0 * _pad(triples, 1, 1) + _pad(triples, 0, 2)
-        )
-    return velocity * pair_count + acceleration * (_pad(triples, 2, 0) + 4.0 * _pad(triples, 1, 1) + _pad(triples, 0, 2))
+    n = exists.shape[0]
+    diagonal = jnp.zeros_like(exists)
+    if n >= 2:
+        pairs = _pair_mask(exists)
+        # |coefficient| · Σ|coefficients| for the majoriser: 1·2 per pair.
+        diagonal += velocity * (2.0 if majorise else 1.0) * (_pad(pairs, 1, 0) + _pad(pairs, 0, 1))
+    if n >= 3:
+        triples = _triple_mask(exists)
+        ends, middle = (4.0, 8.0) if majorise else (1.0, 4.0)  # 1·4, 2·4 | 1², 2²
+        diagonal += acceleration * (ends * (_pad(triples, 2, 0) + _pad(triples, 0, 2)) + middle * _pad(triples, 1, 1))
+    return diagonal
 
 
 # ---------------------------------------------------------------- energy
@@ -263,19 +289,32 @@ def _landmark_weight(config: "VideoFitConfig", face_pixels: jax.Array) -> jax.Ar
     return config.landmark_weight * (config.reference_face_size / face_pixels) ** 2
 
 
+def _flat(basis: jax.Array) -> jax.Array:
+    """``(L, 3, n)`` → ``(3L, n)``: contractions with the bases become plain matrix products."""
+    return basis.reshape(-1, basis.shape[-1])
+
+
+def _landmark_points(params: VideoParameters, system: LandmarkSystem) -> jax.Array:
+    """``(F, L, 3)`` model landmarks ``μ + A i + B e_f``."""
+    n_frames = params.expression.shape[0]
+    rigid = system.mean + (_flat(system.identity) @ params.identity).reshape(system.mean.shape)
+    moved = (params.expression @ _flat(system.expression).T).reshape(n_frames, *system.mean.shape)
+    return rigid + moved
+
+
+def _rotate_rows(rows: jax.Array, points: jax.Array) -> jax.Array:
+    """``(F, r, 3)`` rows applied to ``(F, L, 3)`` points → ``(F, L, r)`` (a 3-term sum, kept elementwise)."""
+    return jnp.sum(rows[:, None, :, :] * points[:, :, None, :], -1)
+
+
 def project_landmarks(params: VideoParameters, system: LandmarkSystem, face_pixels: jax.Array) -> jax.Array:
     """``(F, L, 2)`` model landmarks projected to pixels."""
     points = _landmark_points(params, system)
     rotation = axis_angle_to_matrix(params.rotation)
     flip = jnp.asarray(_FLIP, points.dtype)
     scale = jnp.exp(params.log_scale)
-    image = jnp.einsum("fcj,flj->flc", rotation[:, :2], points) * (scale[:, None, None] * flip)
+    image = _rotate_rows(rotation[:, :2], points) * (scale[:, None, None] * flip)
     return image + face_pixels * params.translation[:, None, :]
-
-
-def _landmark_points(params: VideoParameters, system: LandmarkSystem) -> jax.Array:
-    rigid = system.mean + jnp.einsum("lcn,n->lc", system.identity, params.identity)
-    return rigid + jnp.einsum("lcn,fn->flc", system.expression, params.expression)
 
 
 def video_energy(
@@ -293,7 +332,7 @@ def video_energy(
       params: the unknowns.
       system: :func:`landmark_system` of the model.
       points: ``(F, L, 2)`` landmarks, pixels (any finite value where missing).
-      weights: ``(F, L)`` 1 for an observed landmark of a valid frame, else 0.
+      weights: ``(F, L)`` 1 for an observed landmark of a usable frame, else 0.
       exists: ``(F,)`` 1 for frames inside the video (0 for padding).
       face_pixels: ``()`` outer-eye-corner distance of the face, pixels.
 
@@ -316,13 +355,13 @@ def video_energy(
 
 @struct.dataclass
 class _Linearisation:
-    """Per-frame quantities at the current parameters (all pixels / model units)."""
+    """Per-frame quantities at the current parameters (pixels, model units)."""
 
     projection: jax.Array  # (F, 2, 3) P_f = s D R[:2]
     view_metric: jax.Array  # (F, 3, 3) M_f = R[:2]ᵀ R[:2] = I − n nᵀ
     pose_jacobian: jax.Array  # (F, L, 2, 6) ∂π/∂pose
     points: jax.Array  # (F, L, 3) X_fk
-    rotation_derivative: jax.Array  # (F, 4, 3, 3) R[:2]ᵀ ∂R[:2]/∂ω_j (j < 3) and M (log-scale)
+    rotation_derivative: jax.Array  # (F, 4, 3, 3) R[:2]ᵀ ∂R[:2]/∂ω_j (j < 3), then M (log-scale)
     scale_squared: jax.Array  # (F,)
     residual: jax.Array  # (F, L, 2) weighted residual w (π − y), pixels
     face_pixels: jax.Array  # ()
@@ -330,6 +369,7 @@ class _Linearisation:
 
 def _linearise(params, system, points2d, weights, face_pixels) -> _Linearisation:
     dtype = params.expression.dtype
+    n_frames = params.expression.shape[0]
     flip = jnp.asarray(_FLIP, dtype)
     rotation = axis_angle_to_matrix(params.rotation)
     # ∂R/∂ω (F, 3, 3, 3), last axis the axis-angle component: the exact derivative of
@@ -339,17 +379,17 @@ def _linearise(params, system, points2d, weights, face_pixels) -> _Linearisation
     points = _landmark_points(params, system)
     rows = rotation[:, :2]
     projection = scale[:, None, None] * flip[None, :, None] * rows
-    rotated = jnp.einsum("fcj,flj->flc", rows, points) * flip
+    rotated = _rotate_rows(rows, points) * flip
     image = scale[:, None, None] * rotated + face_pixels * params.translation[:, None, :]
     residual = weights[..., None] * (image - points2d)
-    d_rotated = jnp.einsum("fcjk,flj->flck", d_rotation[:, :2], points) * (scale[:, None, None, None] * flip[:, None])
-    n_landmarks = points.shape[1]
-    translation_jacobian = jnp.broadcast_to(face_pixels * jnp.eye(2, dtype=dtype), (params.expression.shape[0], n_landmarks, 2, 2))
+    # Σ_j ∂R[c, j]/∂ω_k X_j, (F, L, 2, 3): three-term sums, elementwise.
+    d_rotated = jnp.sum(d_rotation[:, None, :2, :, :] * points[:, :, None, :, None], axis=3)
+    d_rotated = d_rotated * (scale[:, None, None, None] * flip[:, None])
+    translation_jacobian = jnp.broadcast_to(face_pixels * jnp.eye(2, dtype=dtype), (n_frames, points.shape[1], 2, 2))
     pose_jacobian = jnp.concatenate([d_rotated, (scale[:, None, None] * rotated)[..., None], translation_jacobian], -1)
-    view_metric = jnp.einsum("fci,fcj->fij", rows, rows)
-    rotation_derivative = jnp.concatenate(
-        [jnp.einsum("fci,fcjk->fkij", rows, d_rotation[:, :2]), view_metric[:, None]], axis=1
-    )
+    view_metric = jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1)
+    rotation_terms = jnp.sum(rows[:, :, :, None, None] * d_rotation[:, :2, None, :, :], 1)  # (F, 3, 3, 3) [i, j, k]
+    rotation_derivative = jnp.concatenate([jnp.moveaxis(rotation_terms, -1, 1), view_metric[:, None]], axis=1)
     return _Linearisation(
         projection=projection,
         view_metric=view_metric,
@@ -362,18 +402,24 @@ def _linearise(params, system, points2d, weights, face_pixels) -> _Linearisation
     )
 
 
+def _back_project(projection: jax.Array, image: jax.Array) -> jax.Array:
+    """``P_fᵀ v`` for ``(F, L, 2)`` image vectors → ``(F, L, 3)``."""
+    return jnp.sum(projection[:, None, :, :] * image[..., None], 2)
+
+
 def _gradient(params, system, lin: _Linearisation, exists, landmark_weight, config):
     """Half the energy gradient: identity ``(n_i,)``, frames ``(F, n_e + 6)``."""
-    n_frames, n_landmarks = lin.points.shape[:2]
-    back = jnp.einsum("fci,flc->fli", lin.projection, lin.residual)  # P_fᵀ r_fk
-    g_expression = landmark_weight * jnp.einsum("fli,lin->fn", back, system.expression)
+    n_frames = lin.points.shape[0]
+    back = _back_project(lin.projection, lin.residual).reshape(n_frames, -1)  # P_fᵀ r_fk, (F, 3L)
+    g_expression = landmark_weight * (back @ _flat(system.expression))
     g_expression += config.expression_prior_weight * exists[:, None] * params.expression
     g_expression += temporal_gradient(
         params.expression, exists, config.expression_velocity_weight, config.expression_acceleration_weight
     )
-    g_pose = landmark_weight * jnp.einsum("flcp,flc->fp", lin.pose_jacobian, lin.residual)
+    jacobian = lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE)
+    g_pose = landmark_weight * jnp.sum(jacobian * lin.residual.reshape(n_frames, -1, 1), 1)
     g_pose += temporal_gradient(params.pose(), exists, config.pose_velocity_weight, config.pose_acceleration_weight)
-    g_identity = landmark_weight * jnp.einsum("li,lin->n", jnp.sum(back, 0), system.identity)
+    g_identity = landmark_weight * (jnp.sum(back, 0) @ _flat(system.identity))
     g_identity += config.identity_prior_weight * params.identity
     return g_identity, jnp.concatenate([g_expression, g_pose], -1)
 
@@ -398,6 +444,7 @@ class _Blocks:
     identity: jax.Array  # (n_i, n_i)
     frame_weight: jax.Array  # (F,) landmark_weight · ν_f (ν_f: frame has landmarks)
     data_scale: jax.Array  # (F,) landmark_weight · ν_f · s_f²
+    temporal: jax.Array  # (F, n_z) the temporal diagonal included in ``frames``
 
 
 def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
@@ -407,33 +454,40 @@ def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weigh
     has_data = jnp.any(weights > 0, axis=-1).astype(dtype)
     frame_weight = landmark_weight * has_data
     data_scale = frame_weight * lin.scale_squared
-    # Expression block: s² Σ_ab M_ab G_ab — nine scaled additions per frame.
-    h_ee = jnp.einsum("fab,abnm->fnm", data_scale[:, None, None] * lin.view_metric, system.expression_gram)
-    # Expression × (rotation, log-scale): s² Σ_k B_kᵀ Q_c X_fk, one (F·4, 3L) × (3L, n_e) product.
-    transformed = jnp.einsum("fcij,flj->fcli", lin.rotation_derivative, lin.points) * system.available[:, None]
-    h_e_rs = data_scale[:, None, None] * jnp.einsum("fcli,lin->fnc", transformed, system.expression)
-    # Expression × translation: face_pixels · (Σ_k B_k)ᵀ P_fᵀ.
-    h_e_t = (frame_weight * lin.face_pixels)[:, None, None] * jnp.einsum("an,fca->fnc", system.expression_sum, lin.projection)
-    h_ep = jnp.concatenate([h_e_rs, h_e_t], -1)
-    h_pp = frame_weight[:, None, None] * jnp.einsum(
-        "flcp,flcq,l->fpq", lin.pose_jacobian, lin.pose_jacobian, system.available
-    )
-    top = jnp.concatenate([h_ee, h_ep], -1)
-    bottom = jnp.concatenate([jnp.swapaxes(h_ep, -1, -2), h_pp], -1)
-    frames = jnp.concatenate([top, bottom], -2)
-    diag_e = config.expression_prior_weight * exists + temporal_diagonal(
+    temporal_e = temporal_diagonal(
         exists, config.expression_velocity_weight, config.expression_acceleration_weight, majorise
     )
-    diag_p = temporal_diagonal(exists, config.pose_velocity_weight, config.pose_acceleration_weight, majorise)
-    diagonal = jnp.concatenate(
-        [jnp.broadcast_to(diag_e[:, None], (n_frames, n_e)), jnp.broadcast_to(diag_p[:, None], (n_frames, POSE_SIZE))],
+    temporal_p = temporal_diagonal(exists, config.pose_velocity_weight, config.pose_acceleration_weight, majorise)
+    temporal = jnp.concatenate(
+        [jnp.broadcast_to(temporal_e[:, None], (n_frames, n_e)), jnp.broadcast_to(temporal_p[:, None], (n_frames, POSE_SIZE))],
         -1,
     )
-    frames = frames + (diagonal + config.damping)[..., None] * jnp.eye(n_e + POSE_SIZE, dtype=dtype)
-    summed_metric = jnp.einsum("f,fab->ab", data_scale, lin.view_metric)
-    identity = jnp.einsum("ab,abnm->nm", summed_metric, system.identity_gram)
+    diag_e = config.expression_prior_weight * exists + temporal_e + config.damping
+    diag_p = temporal_p + config.damping
+    # Expression block: s² Σ_ab M_ab G_ab — nine scaled additions per frame (one (F, 9) × (9, n_e²) product).
+    metric = (data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
+    h_ee = (metric @ system.expression_gram.reshape(9, n_e * n_e)).reshape(n_frames, n_e, n_e)
+    h_ee = h_ee + diag_e[:, None, None] * jnp.eye(n_e, dtype=dtype)
+    # Expression × (rotation, log-scale): s² Σ_k B_kᵀ Q_c X_fk, one (F·4, 3L) × (3L, n_e) product.
+    transformed = jnp.sum(lin.rotation_derivative[:, :, None, :, :] * lin.points[:, None, :, None, :], -1)
+    transformed = (transformed * system.available[:, None]).reshape(n_frames * 4, -1)
+    h_e_rs = (transformed @ _flat(system.expression)).reshape(n_frames, 4, n_e) * data_scale[:, None, None]
+    # Expression × translation: face_pixels · (Σ_k B_k)ᵀ P_fᵀ.
+    h_e_t = (lin.projection.reshape(n_frames * 2, 3) @ system.expression_sum).reshape(n_frames, 2, n_e)
+    h_e_t = h_e_t * (frame_weight * lin.face_pixels)[:, None, None]
+    h_pe = jnp.concatenate([h_e_rs, h_e_t], 1)  # (F, 6, n_e)
+    jacobian = (lin.pose_jacobian * system.available[:, None, None]).reshape(n_frames, -1, POSE_SIZE)
+    h_pp = frame_weight[:, None, None] * jnp.einsum("fkp,fkq->fpq", jacobian, lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE))
+    h_pp = h_pp + diag_p[:, None, None] * jnp.eye(POSE_SIZE, dtype=dtype)
+    frames = jnp.concatenate(
+        [jnp.concatenate([h_ee, jnp.swapaxes(h_pe, 1, 2)], -1), jnp.concatenate([h_pe, h_pp], -1)], -2
+    )
+    summed_metric = jnp.sum(data_scale[:, None, None] * lin.view_metric, 0).reshape(9)
+    identity = (summed_metric @ system.identity_gram.reshape(9, -1)).reshape(system.n_identity, system.n_identity)
     identity += (config.identity_prior_weight + config.damping) * jnp.eye(system.n_identity, dtype=dtype)
-    return _Blocks(frames=frames, identity=identity, frame_weight=frame_weight, data_scale=data_scale)
+    return _Blocks(
+        frames=frames, identity=identity, frame_weight=frame_weight, data_scale=data_scale, temporal=temporal
+    )
 
 
 def frame_blocks(params, system, points, weights, exists, face_pixels, config, majorise: bool = False):
@@ -441,7 +495,7 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
 
     Half the Gauss–Newton Hessian of :func:`video_energy` restricted to each
     frame (identity and neighbours fixed), with the diagonal of the temporal
-    terms (or of their majoriser). Landmarks missing from a valid frame are
+    terms (or of their majoriser). Landmarks missing from a usable frame are
     imputed (see the module docstring).
     """
     lin = _linearise(params, system, points, weights, face_pixels)
@@ -451,31 +505,37 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
 
 def _cross(system, lin: _Linearisation, blocks: _Blocks, vectors: jax.Array) -> jax.Array:
     """``C_f v`` for identity vectors ``(n_i, k)`` → ``(F, n_e + 6, k)``."""
-    offsets = jnp.einsum("lcn,nk->lck", system.identity, vectors)  # A v, shared by all frames
-    shared = jnp.einsum("lan,lbk->abnk", system.expression, offsets)  # Σ_k B_k[a]ᵀ (A v)_k[b]
-    expression = jnp.einsum("fab,abnk->fnk", blocks.data_scale[:, None, None] * lin.view_metric, shared)
-    projected = jnp.einsum("fci,lik->flck", lin.projection, offsets)
-    pose = blocks.frame_weight[:, None, None] * jnp.einsum(
-        "flcp,flck,l->fpk", lin.pose_jacobian, projected, system.available
-    )
-    return jnp.concatenate([expression, pose], 1)
+    n_frames = lin.points.shape[0]
+    k = vectors.shape[-1]
+    offsets = (_flat(system.identity) @ vectors).reshape(-1, 3, k)  # A v, shared by all frames
+    # Σ_k B_k[a]ᵀ (A v)_k[b], shared: the per-frame part is nine scalars.
+    shared = jnp.einsum("lan,lbk->abnk", system.expression, offsets).reshape(9, -1)
+    metric = (blocks.data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
+    expression = (metric @ shared).reshape(n_frames, -1, k)
+    projected = jnp.sum(lin.projection[:, None, :, :, None] * offsets[None, :, None, :, :], 3)  # (F, L, 2, k)
+    projected = projected * system.available[:, None, None]
+    jacobian = lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE)
+    pose = jnp.einsum("fxp,fxk->fpk", jacobian, projected.reshape(n_frames, -1, k))
+    return jnp.concatenate([expression, blocks.frame_weight[:, None, None] * pose], 1)
 
 
 def _cross_transpose(system, lin: _Linearisation, blocks: _Blocks, frames: jax.Array) -> jax.Array:
     """``Σ_f C_fᵀ y_f`` for frame vectors ``(F, n_e + 6, k)`` → ``(n_i, k)``."""
+    n_frames, _, k = frames.shape
     n_e = system.n_expression
-    moved = jnp.einsum("lcn,fnk->flck", system.expression, frames[:, :n_e])
-    image = jnp.einsum("fci,flik->flck", lin.projection, moved) + jnp.einsum(
-        "flcp,fpk->flck", lin.pose_jacobian, frames[:, n_e:]
-    )
-    back = jnp.einsum("fci,flck->lik", blocks.frame_weight[:, None, None] * lin.projection, image)
-    return jnp.einsum("lin,lik->nk", system.identity * system.available[:, None, None], back)
+    n_landmarks = system.mean.shape[0]
+    moved = jnp.einsum("fnk,xn->fxk", frames[:, :n_e], _flat(system.expression)).reshape(n_frames, n_landmarks, 3, k)
+    image = jnp.sum(lin.projection[:, None, :, :, None] * moved[:, :, None, :, :], 3)  # (F, L, 2, k)
+    image = image + jnp.einsum("flcp,fpk->flck", lin.pose_jacobian, frames[:, n_e:])
+    weighted = blocks.frame_weight[:, None, None] * lin.projection
+    back = jnp.sum(jnp.sum(weighted[:, None, :, :, None] * image[:, :, :, None, :], 2), 0)  # (L, 3, k)
+    return _flat(system.identity).T @ back.reshape(-1, k)
 
 
 def _sample_frames(has_data: jax.Array, count: int):
-    """Up to ``count`` valid frames spread evenly by rank, with weights summing to the valid count.
+    """Up to ``count`` usable frames spread evenly by rank, with weights summing to the usable count.
 
-    Depends only on the valid frames (not on padding), so padded and unpadded
+    Depends only on the usable frames (not on padding), so padded and unpadded
     videos pick the same frames.
     """
     valid = has_data > 0
@@ -490,22 +550,46 @@ def _sample_frames(has_data: jax.Array, count: int):
     return index, weight.astype(has_data.dtype)
 
 
-def _sampled_schur(system, lin, blocks: _Blocks, factor, free, samples: int, identity_prior) -> jax.Array:
-    """Identity Schur complement ``λI + Σ_f (H_ii,f − C_fᵀ D_f⁻¹ C_f)`` estimated on a frame sample."""
+def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples: int, identity_prior, anchor: bool):
+    """Schur complement and reduced gradient of the global unknowns, estimated on a frame sample.
+
+    The global unknowns are the identity step and, with ``anchor``, the
+    temporal anchor ``c`` (see :func:`_newton_step`). Frame ``f`` couples to
+    them through ``B_f = [C_f, −T_f]`` (``T_f`` the diagonal temporal
+    majoriser). Returns ``S ≈ Σ_f (G_f − B_fᵀ D_f⁻¹ B_f) + prior`` — a weighted
+    sum of per-frame positive semi-definite terms — and ``Σ_f B_fᵀ D_f⁻¹ g_f``:
+    ``n_i + n_z + 1`` right-hand sides per sampled frame, the expensive part,
+    so the sample size is fixed.
+    """
     index, weight = _sample_frames(blocks.frame_weight, samples)
+    n_samples = index.shape[0]
+    n_e, n_i = system.n_expression, system.n_identity
+    n_z = n_e + POSE_SIZE
     data_scale = blocks.data_scale[index]
     metric = lin.view_metric[index]
-    cross_e = jnp.einsum("jab,abni->jni", data_scale[:, None, None] * metric, system.cross_gram)
-    cross_p = blocks.frame_weight[index][:, None, None] * jnp.einsum(
-        "jlcp,jci,lin,l->jpn", lin.pose_jacobian[index], lin.projection[index], system.identity, system.available
-    )
-    cross = jnp.concatenate([cross_e, cross_p], 1) * free[index][..., None]
-    solved = jax.scipy.linalg.cho_solve((factor[index], True), cross)
-    own = jnp.einsum("ab,abnm->nm", jnp.einsum("j,jab->ab", weight * data_scale, metric), system.identity_gram)
-    eliminated = jnp.einsum("j,jzn,jzm->nm", weight, cross, solved)
-    schur = own - eliminated
-    schur = 0.5 * (schur + schur.T)
-    return schur + identity_prior * jnp.eye(system.n_identity, dtype=schur.dtype)
+    scaled_metric = (data_scale[:, None, None] * metric).reshape(n_samples, 9)
+    cross_e = (scaled_metric @ system.cross_gram.reshape(9, -1)).reshape(n_samples, n_e, n_i)
+    projected_basis = jnp.einsum("jci,lin->jlcn", lin.projection[index], system.identity)  # P_j A_l
+    jacobian = lin.pose_jacobian[index].reshape(n_samples, -1, POSE_SIZE)
+    cross_p = jnp.einsum("jxp,jxn->jpn", jacobian, projected_basis.reshape(n_samples, -1, n_i))
+    cross_p = cross_p * blocks.frame_weight[index][:, None, None]
+    sample_free = free[index]
+    coupling = [jnp.concatenate([cross_e, cross_p], 1) * sample_free[..., None]]
+    own_metric = jnp.sum((weight * data_scale)[:, None, None] * metric, 0).reshape(9)
+    own = [(own_metric @ system.identity_gram.reshape(9, -1)).reshape(n_i, n_i)]
+    if anchor:
+        temporal = blocks.temporal[index]
+        coupling.append(-(temporal * sample_free)[..., None] * jnp.eye(n_z, dtype=temporal.dtype))
+        own.append(jnp.diag(jnp.sum(weight[:, None] * temporal, 0)))
+    coupling = jnp.concatenate(coupling, -1)  # (K, n_z, n_g)
+    n_global = coupling.shape[-1]
+    rhs = jnp.concatenate([coupling, (g_frames * free)[index][..., None]], -1)
+    solved = jax.scipy.linalg.cho_solve((factor[index], True), rhs)
+    eliminated = (weight[:, None, None] * coupling).reshape(-1, n_global).T @ solved.reshape(-1, n_global + 1)
+    schur = jax.scipy.linalg.block_diag(*own) - eliminated[:, :n_global]
+    prior = jnp.concatenate([jnp.full((n_i,), identity_prior), jnp.zeros((n_global - n_i,))]).astype(schur.dtype)
+    schur = 0.5 * (schur + schur.T) + jnp.diag(prior)
+    return schur, eliminated[:, n_global]
 
 
 def _spd_factor(matrix: jax.Array) -> jax.Array:
@@ -515,15 +599,32 @@ def _spd_factor(matrix: jax.Array) -> jax.Array:
     return jnp.linalg.cholesky(matrix + ridge[..., None, None] * jnp.eye(n, dtype=matrix.dtype))
 
 
-def _clip_expression(expression, system):
-    return jnp.clip(expression, system.lower, system.upper)
+def _small_spd_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+    """Solve a batch of small SPD systems ``(..., k, k) x = (..., k)`` by an unrolled Cholesky.
 
-
-def _active_bounds(expression, gradient_e, system):
-    """Projected-Newton active set: at a bound with the gradient pushing outwards."""
-    at_lower = (expression <= system.lower + _BOUND_EPSILON) & (gradient_e > 0)
-    at_upper = (expression >= system.upper - _BOUND_EPSILON) & (gradient_e < 0)
-    return at_lower | at_upper
+    For ``k ≤ 8`` written out elementwise: cheaper than ``k``-sized LAPACK calls per frame.
+    """
+    k = matrix.shape[-1]
+    columns = []
+    for j in range(k):
+        s = matrix[..., j:, j]
+        for p in range(j):
+            s = s - columns[p][..., j - p :] * columns[p][..., j - p : j - p + 1]
+        pivot = jnp.sqrt(jnp.maximum(s[..., :1], 1e-30))
+        columns.append(s / pivot)
+    y = []
+    for j in range(k):
+        value = rhs[..., j]
+        for p in range(j):
+            value = value - columns[p][..., j - p] * y[p]
+        y.append(value / columns[j][..., 0])
+    x = [None] * k
+    for j in reversed(range(k)):
+        value = y[j]
+        for p in range(j + 1, k):
+            value = value - columns[j][..., p - j] * x[p]
+        x[j] = value / columns[j][..., 0]
+    return jnp.stack(x, -1)
 
 
 def _factor_blocks(frames: jax.Array, free: jax.Array) -> jax.Array:
@@ -542,39 +643,97 @@ def _factor_blocks(frames: jax.Array, free: jax.Array) -> jax.Array:
     return jnp.where(finite[:, None, None], factor, diagonal)
 
 
-def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_identity_step, config):
-    """The step minimising the (majorised) quadratic model; see the module docstring."""
-    n_e = system.n_expression
+def _active_bounds(expression, gradient_e, system):
+    """Projected-Newton active set: at a bound with the gradient pushing outwards."""
+    at_lower = (expression <= system.lower + _BOUND_EPSILON) & (gradient_e > 0)
+    at_upper = (expression >= system.upper - _BOUND_EPSILON) & (gradient_e < 0)
+    return at_lower | at_upper
+
+
+def _unit(v: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(v)
+    return jnp.where(norm > _TINY, v / jnp.where(norm > _TINY, norm, 1.0), 0.0)
+
+
+def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_global_step, config):
+    """The step of the bound-constrained majorised quadratic model; see the module docstring.
+
+    The temporal terms ``½ δzᵀ T δz`` (``δz`` all frame steps) are bounded by
+    ``½ Σ_f (δz_f − c)ᵀ T_f (δz_f − c)`` with ``T_f`` the diagonal majoriser and
+    any per-video constant ``c`` (an "anchor": ``T`` annihilates constants). The
+    anchor is a global unknown next to the identity step: without it the
+    majoriser would penalise moving all frames together — e.g. the scale of
+    every frame against the identity's size, or the mean expression against
+    the identity — and those directions would crawl.
+
+    Returns:
+      ``(identity_step (n_i,), frame_step (F, n_z), global_step (n_i [+ n_z]))``.
+    """
+    n_e, n_i = system.n_expression, system.n_identity
     n_frames, n_z = g_frames.shape
     dtype = g_frames.dtype
-    active = _active_bounds(params.expression, g_frames[:, :n_e], system)
-    free = jnp.concatenate([~active, jnp.ones((n_frames, POSE_SIZE), bool)], -1).astype(dtype)
+    anchor = config.temporal_anchor
+    held = _active_bounds(params.expression, g_frames[:, :n_e], system)
+    free = jnp.concatenate([~held, jnp.ones((n_frames, POSE_SIZE), bool)], -1).astype(dtype)
     factor = _factor_blocks(blocks.frames, free)
+    g_frames = g_frames * free
 
-    def frame_solve(rhs):
-        return jax.scipy.linalg.cho_solve((factor, True), rhs)
-
-    g_masked = g_frames * free
-    frame_part = frame_solve(g_masked[..., None])  # D⁻¹ g_z, (F, n_z, 1)
-    reduced = -g_identity + _cross_transpose(system, lin, blocks, frame_part)[:, 0]
-    schur = _sampled_schur(system, lin, blocks, factor, free, config.schur_samples, config.identity_prior_weight)
-    direction = jax.scipy.linalg.cho_solve((_spd_factor(schur), True), reduced)
-
-    def unit(v):
-        norm = jnp.linalg.norm(v)
-        return jnp.where(norm > _TINY, v / jnp.where(norm > _TINY, norm, 1.0), 0.0)
-
-    basis = jnp.stack([unit(direction), unit(previous_identity_step)], -1)  # (n_i, 2)
-    cross_basis = _cross(system, lin, blocks, basis) * free[..., None]
-    solved_basis = frame_solve(cross_basis)
-    schur_basis = blocks.identity @ basis - _cross_transpose(system, lin, blocks, solved_basis)
-    small = basis.T @ schur_basis
+    schur, eliminated = _sampled_schur(
+        system, lin, blocks, factor, free, g_frames, config.schur_samples, config.identity_prior_weight, anchor
+    )
+    global_gradient = jnp.concatenate([g_identity, jnp.zeros((n_z,), dtype)]) if anchor else g_identity
+    direction = jax.scipy.linalg.cho_solve((_spd_factor(schur), True), eliminated - global_gradient)
+    basis = jnp.stack([_unit(direction), _unit(previous_global_step)], -1)  # (n_g, 2)
+    coupled = _cross(system, lin, blocks, basis[:n_i]) * free[..., None]  # B_f W, (F, n_z, 2)
+    own = basis[:n_i].T @ blocks.identity @ basis[:n_i]
+    if anchor:
+        temporal = blocks.temporal * free
+        coupled = coupled - temporal[..., None] * basis[None, n_i:]
+        own = own + basis[n_i:].T @ (jnp.sum(blocks.temporal, 0)[:, None] * basis[n_i:])
+    solved = jax.scipy.linalg.cho_solve((factor, True), jnp.concatenate([g_frames[..., None], coupled], -1))
+    frame_part, solved_basis = solved[..., 0], solved[..., 1:]
+    # Exact minimisation over global steps W α, the frames eliminated: (Wᵀ S W) α = Wᵀ r.
+    reduced = basis[:n_i].T @ (-g_identity) + jnp.einsum("fzk,fz->k", coupled, frame_part)
+    small = own - jnp.einsum("fzk,fzl->kl", coupled, solved_basis)
     small = 0.5 * (small + small.T)
     small += (1e-6 * jnp.trace(small) + _TINY) * jnp.eye(2, dtype=dtype)
-    coefficients = jnp.linalg.solve(small, basis.T @ reduced)
-    identity_step = basis @ coefficients
-    frame_step = -(frame_part[..., 0] + solved_basis @ coefficients) * free
-    return identity_step, frame_step
+    coefficients = jnp.linalg.solve(small, reduced)
+    global_step = basis @ coefficients
+    frame_step = -(frame_part + solved_basis @ coefficients) * free
+
+    if config.bound_corrections > 0 and n_e > 0:
+        frame_step = _bound_correction(params, system, factor, free, frame_step, config.bound_corrections)
+    return global_step[:n_i], frame_step, global_step
+
+
+def _bound_correction(params, system, factor, free, frame_step, count: int):
+    """Put the coefficients the step pushes furthest past a bound on it and re-optimise their frame.
+
+    With ``E`` selecting up to ``count`` such coordinates per frame and ``t``
+    the move that puts them on the bound, the frame step becomes
+    ``δ + D⁻¹E μ`` with ``(Eᵀ D⁻¹ E) μ = t − Eᵀ δ``: the minimiser of the
+    frame's model with those coordinates fixed (identity step unchanged), from
+    the same factorisation.
+    """
+    n_e = system.n_expression
+    n_frames, n_z = frame_step.shape
+    dtype = frame_step.dtype
+    count = min(count, n_e)
+    target = params.expression + frame_step[:, :n_e]
+    clipped = jnp.clip(target, system.lower, system.upper)
+    violation = jnp.abs(clipped - target) * free[:, :n_e]
+    amount, index = jax.lax.top_k(violation, count)  # (F, count)
+    used = (amount > 0).astype(dtype)
+    selector = jax.nn.one_hot(index, n_z, dtype=dtype) * used[..., None]  # (F, count, n_z)
+    columns = jax.scipy.linalg.cho_solve((factor, True), jnp.swapaxes(selector, 1, 2))  # D⁻¹ E, (F, n_z, count)
+    gram = jnp.einsum("fcz,fzd->fcd", selector, columns)
+    eye = jnp.eye(count, dtype=dtype)
+    gram = gram * used[:, :, None] * used[:, None, :] + (1.0 - used)[:, :, None] * eye
+    needed = jnp.take_along_axis(clipped - target, index, axis=1) * used
+    multiplier = _small_spd_solve(gram, needed)
+    corrected = frame_step + jnp.einsum("fzc,fc->fz", columns, multiplier)
+    ok = jnp.all(jnp.isfinite(corrected), -1, keepdims=True)
+    return jnp.where(ok, corrected, frame_step) * free
 
 
 def block_preconditioner(params, system, points, weights, exists, face_pixels, config, free_expression):
@@ -582,7 +741,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
 
     Block LDLᵀ of the Gauss–Newton matrix without the temporal off-diagonal
     coupling: per-frame Cholesky blocks (true temporal diagonal) and the exact
-    identity Schur complement over all valid frames (100 right-hand sides per
+    identity Schur complement over all usable frames (100 right-hand sides per
     frame, so meant for occasional use such as the implicit gradient).
 
     Args:
@@ -599,7 +758,17 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
     blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
     free = jnp.concatenate([free_expression, jnp.ones((n_frames, POSE_SIZE), dtype)], -1)
     factor = _factor_blocks(blocks.frames, free)
-    schur = _sampled_schur(system, lin, blocks, factor, free, n_frames, config.identity_prior_weight + config.damping)
+    schur, _ = _sampled_schur(
+        system,
+        lin,
+        blocks,
+        factor,
+        free,
+        jnp.zeros_like(free),
+        n_frames,
+        config.identity_prior_weight + config.damping,
+        anchor=False,
+    )
     schur_factor = _spd_factor(schur)
 
     def apply(tree: VideoParameters) -> VideoParameters:
@@ -628,7 +797,7 @@ def _apply_step(params, system, identity_step, frame_step, length):
     n_e = system.n_expression
     return params.replace(
         identity=params.identity + length * identity_step,
-        expression=_clip_expression(params.expression + length * frame_step[:, :n_e], system),
+        expression=jnp.clip(params.expression + length * frame_step[:, :n_e], system.lower, system.upper),
     ).with_pose(params.pose() + length * frame_step[:, n_e:])
 
 
@@ -666,7 +835,7 @@ def gauss_newton(
         lin = _linearise(params, system, points, weights, face_pixels)
         g_identity, g_frames = _gradient(params, system, lin, exists, landmark_weight, config)
         blocks = _blocks(params, system, lin, weights, exists, landmark_weight, config, majorise=True)
-        identity_step, frame_step = _newton_step(
+        identity_step, frame_step, global_step = _newton_step(
             params, system, lin, blocks, g_identity, g_frames, previous_step, config
         )
 
@@ -689,7 +858,7 @@ def gauss_newton(
         return (
             new_params,
             new_energy,
-            jnp.where(accepted, length * identity_step, 0.0 * identity_step),
+            jnp.where(accepted, length * global_step, 0.0 * global_step),
             iteration + 1,
             small | ~accepted,
         )
@@ -698,6 +867,7 @@ def gauss_newton(
         return (state[3] < max_iterations) & ~state[4]
 
     start = energy(params)
-    state = (params, start, jnp.zeros_like(params.identity), jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    n_global = system.n_identity + (system.n_expression + POSE_SIZE if config.temporal_anchor else 0)
+    state = (params, start, jnp.zeros((n_global,), start.dtype), jnp.asarray(0, jnp.int32), jnp.asarray(False))
     params, final, _, count, converged = jax.lax.while_loop(keep_going, iterate, state)
     return params, SolverDiagnostics(iterations=count, converged=converged, energy=final)

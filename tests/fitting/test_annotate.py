@@ -1,0 +1,207 @@
+"""The annotation pipeline: end to end on real videos, shard contents, splits, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fitting.annotate import AnnotateConfig, annotate, apply_prune_list, read_manifest, split_of
+from fitting.shards import ShardDataset, decode_image, find_shards
+from fitting.template import make_template
+from fitting.video import VideoFitConfig
+
+pytest.importorskip("dlib")
+
+# Small but real: every video of the shared folder, a few frames each.
+SMALL = dict(stride=3, max_frames=24, detector_upsample=0, min_frames=8,
+             fit=VideoFitConfig(landmark_weight=1.0 / 9.0, identity_prior_weight=64.0, iterations=5))
+
+
+def _videos(shared_data: Path) -> Path:
+    folder = shared_data / "videos"
+    if not folder.is_dir():
+        pytest.skip(f"no videos in {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def annotated(shared_data, ict_face_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("annotated")
+    summary = annotate(
+        _videos(shared_data), out, model=ict_face_model, config=AnnotateConfig(**SMALL), workers=2, progress=False
+    )
+    return out, summary
+
+
+@pytest.mark.slow
+def test_end_to_end_on_shared_videos(annotated, shared_data):
+    out, summary = annotated
+    records = read_manifest(out)
+    video_files = sorted(p.stem for p in (shared_data / "videos").glob("*.mp4"))
+    assert sorted(records) == video_files  # one manifest line per video, none lost or duplicated
+    assert records["no_face"]["status"] == "failed" and records["no_face"]["reason"] == "no_face"
+    assert summary.videos == len(video_files)
+    assert summary.ok + summary.pruned + summary.failed == summary.videos
+    assert summary.ok >= 1
+    for name in ("report.json", "report_identity_norm.png", "report_rmse.png", "splits.json", "settings.json"):
+        assert (out / name).is_file()
+    splits = json.loads((out / "splits.json").read_text())
+    ok = sorted(v for v, r in records.items() if r["status"] == "ok")
+    assert sorted(sum(splits.values(), [])) == ok  # every kept video in exactly one split
+
+
+@pytest.mark.slow
+def test_shards_are_aligned_and_match_the_fits(annotated, ict_face_model):
+    out, _ = annotated
+    shards = find_shards(out / "shards")
+    assert shards, "no shard written"
+    data = ShardDataset(shards)
+    template = make_template(ict_face_model)
+    records = read_manifest(out)
+    per_video = {}
+    for index in range(len(data)):
+        item = data[index]
+        per_video.setdefault(item["video_id"], []).append(item)
+        # The cleaned landmarks, mapped into the crop, land on the template (similarity fit residual).
+        error = np.sqrt(np.mean(np.sum((item["landmarks"] - template.points) ** 2, axis=1)))
+        assert error < 0.08 * template.size, f"{item['video_id']} frame {item['frame_index']}: {error:.1f} px"
+        crop = decode_image(item["image"])
+        assert crop.shape == (224, 224, 3) and crop.std() > 5  # a real picture, not an empty border
+    for video_id, items in per_video.items():
+        record = records[video_id]
+        assert record["status"] == "ok"
+        assert len(items) == record["frames_kept"]
+        identities = np.stack([i["identity"] for i in items])
+        np.testing.assert_allclose(identities, identities[:1].repeat(len(items), 0))
+        assert np.linalg.norm(identities[0]) == pytest.approx(record["identity_norm"], rel=1e-5)
+        rmse_crop = np.array([i["rmse"] for i in items])
+        scale = np.array([np.sqrt(abs(np.linalg.det(i["alignment"][:, :2]))) for i in items])
+        np.testing.assert_allclose(rmse_crop / scale, record["rmse_px"], rtol=1e-4)
+
+
+def test_split_assignment_is_stable_and_proportional():
+    ids = [f"video-{k}" for k in range(4000)]
+    splits = [split_of(v, 7) for v in ids]
+    fractions = {s: splits.count(s) / len(ids) for s in ("train", "validation", "test")}
+    assert fractions["train"] == pytest.approx(0.70, abs=0.03)
+    assert fractions["validation"] == pytest.approx(0.15, abs=0.03)
+    assert splits == [split_of(v, 7) for v in ids]  # independent of order or other videos
+    assert splits != [split_of(v, 8) for v in ids]
+
+
+@pytest.mark.slow
+def test_manual_pruning_without_refitting(annotated, tmp_path):
+    out, _ = annotated
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    ok = sorted(v for v, r in read_manifest(copy).items() if r["status"] == "ok")
+    prune_file = tmp_path / "prune.txt"
+    prune_file.write_text(f"# visibly failed\n{ok[0]}\nnot-a-video\n")
+    assert apply_prune_list(copy, prune_file) == [ok[0]]
+    records = read_manifest(copy)
+    assert records[ok[0]]["status"] == "pruned" and records[ok[0]]["reason"] == "manual"
+    splits = json.loads((copy / "splits.json").read_text())
+    assert ok[0] not in sum(splits.values(), [])
+
+
+def test_settings_mismatch_is_refused(tmp_path, ict_face_model, shared_data):
+    empty = tmp_path / "videos"
+    empty.mkdir()
+    annotate(empty, tmp_path / "out", model=ict_face_model, config=AnnotateConfig(stride=2), workers=0, progress=False)
+    with pytest.raises(ValueError, match="different settings"):
+        annotate(empty, tmp_path / "out", model=ict_face_model, config=AnnotateConfig(stride=3), workers=0, progress=False)
+
+
+def test_corrupt_and_empty_videos_are_recorded_not_fatal(tmp_path, ict_face_model):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "corrupt.mp4").write_bytes(os.urandom(5000))
+    (videos / "empty.mp4").write_bytes(b"")
+    summary = annotate(videos, tmp_path / "out", model=ict_face_model, config=AnnotateConfig(**SMALL), workers=0,
+                       progress=False)
+    records = read_manifest(tmp_path / "out")
+    assert {r["status"] for r in records.values()} == {"failed"}
+    assert summary.failed == 2 and all(r["reason"] for r in records.values())
+
+
+_RUNNER = textwrap.dedent(
+    """
+    import sys
+    from fitting.annotate import AnnotateConfig, annotate
+    from fitting.video import VideoFitConfig
+    from morphable.io import load_ict
+    config = AnnotateConfig(stride=3, max_frames=24, detector_upsample=0, min_frames=8,
+                            fit=VideoFitConfig(landmark_weight=1.0 / 9.0, identity_prior_weight=64.0, iterations=5))
+    annotate(sys.argv[1], sys.argv[2], model=load_ict(region="face", cache_dir=sys.argv[3]), config=config,
+             workers=0, progress=False)
+    """
+)
+
+
+def _run(videos: Path, out: Path, cache: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _RUNNER, str(videos), str(out), str(cache)], env=env)
+
+
+def _shard_arrays(out: Path) -> dict:
+    data = ShardDataset(find_shards(out / "shards"))
+    arrays = {name: np.asarray(data.column(name)) for name in ("expression", "identity", "landmarks", "frame_index")}
+    arrays["video_id"] = np.asarray(data.column("video_id"))
+    arrays["images"] = [bytes(data[i]["image"]) for i in range(len(data))]
+    return arrays
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_dataset(tmp_path, shared_data, ict_face_model, ict_cache):
+    source = _videos(shared_data)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("WolfgangLanger_Pexels.mp4", "no_face.mp4", "grid_bbaf2n.mp4", "liveportrait_d3.mp4"):
+        os.symlink(source / name, videos / name)
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax-cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+    reference = tmp_path / "reference"
+    assert _run(videos, reference, ict_cache, env).wait(timeout=600) == 0
+
+    resumed = tmp_path / "resumed"
+    process = _run(videos, resumed, ict_cache, env)
+    deadline = time.time() + 600
+    manifest = resumed / "manifest.jsonl"
+    while time.time() < deadline:
+        if manifest.is_file() and manifest.read_text().count("\n") >= 1:
+            break
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed, "the run finished before it could be killed"
+    partial_lines = manifest.read_text().count("\n")
+    assert 1 <= partial_lines < 4
+    assert _run(videos, resumed, ict_cache, env).wait(timeout=600) == 0
+
+    first, second = read_manifest(reference), read_manifest(resumed)
+    assert sorted(first) == sorted(second)
+    assert len(manifest.read_text().splitlines()) == 4  # no duplicated video
+    for video_id in first:
+        assert first[video_id]["status"] == second[video_id]["status"]
+    a, b = _shard_arrays(reference), _shard_arrays(resumed)
+    np.testing.assert_array_equal(a["video_id"], b["video_id"])
+    np.testing.assert_array_equal(a["frame_index"], b["frame_index"])
+    np.testing.assert_allclose(a["expression"], b["expression"], atol=1e-5)
+    np.testing.assert_allclose(a["identity"], b["identity"], atol=1e-5)
+    np.testing.assert_allclose(a["landmarks"], b["landmarks"], atol=1e-4)
+    assert a["images"] == b["images"]  # the same crops, byte for byte
+    assert json.loads((reference / "splits.json").read_text()) == json.loads((resumed / "splits.json").read_text())

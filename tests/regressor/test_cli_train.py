@@ -1,0 +1,48 @@
+"""``train_from_config``: configs by name, Python file or JSON; overrides; a run started from a file."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from regressor.cli_train import load_config, train_from_config
+from regressor.configs import default, tiny
+from regressor.configs.default import from_dict, override, to_dict
+
+
+def test_configs_resolve_by_name_file_and_json(tmp_path):
+    assert load_config("default") == default.get_config()
+    assert load_config("tiny") == tiny.get_config()
+    assert load_config("tiny", {"optimizer.learning_rate": "0.5"}).optimizer.learning_rate == 0.5
+    module = tmp_path / "my_config.py"
+    module.write_text(textwrap.dedent(
+        """
+        import dataclasses
+        from regressor.configs import tiny
+
+        def get_config():
+            return dataclasses.replace(tiny.get_config(), name="mine", steps=7)
+        """
+    ))
+    assert load_config(module).name == "mine" and load_config(module).steps == 7
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(to_dict(default.get_config())))
+    assert load_config(saved) == default.get_config()
+    with pytest.raises(ValueError, match="no built-in config"):
+        load_config("nonexistent")
+    with pytest.raises(ValueError, match="neither"):
+        load_config(tmp_path / "missing.py")
+    with pytest.raises(ValueError, match="unknown field"):
+        override(default.get_config(), {"optimizer.learning_rat": 1.0})
+    with pytest.raises(ValueError, match="unknown field"):
+        from_dict({"stepz": 3})
+
+
+def test_train_from_a_config_file(tiny_config, tmp_path):
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(to_dict(tiny_config)))
+    result = train_from_config(saved, workdir=tmp_path / "run", stop_at_step=3)
+    assert result.step == 3
+    assert from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == tiny_config
