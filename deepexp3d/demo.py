@@ -102,15 +102,20 @@ def run_demo(
     identity = np.asarray(fit.identity)
     expression = np.asarray(fit.expression)
     result.timings["fit (incl. compilation)"] = time.perf_counter() - start
-    result.landmark_rmse_px = float(fit.rmse_px) if hasattr(fit, "rmse_px") else float("nan")
+    result.landmark_rmse_px = float(fit.rmse)
+    if not bool(fit.valid):
+        raise ValueError(f"{landmarks}: the fit failed (too few usable landmarks or a degenerate face)")
 
     start = time.perf_counter()
     vertices = np.asarray(shape(model, identity, expression))
     neutral = np.asarray(shape(model, identity, np.zeros_like(expression)))
     projected = np.asarray(project(fit.camera, vertices))
-    from morphable import landmarks as model_landmarks
+    from morphable import vertices_at
 
-    fitted_points = np.asarray(project(fit.camera, model_landmarks(model, identity, expression)))
+    # The landmark vertices the fit used (jawline points follow the pose).
+    used = np.asarray(fit.landmark_vertices)
+    fitted_points = np.asarray(project(fit.camera, vertices_at(model, np.maximum(used, 0), identity, expression)))
+    fitted_points = fitted_points[used >= 0]
     narrow = np.all(model.triangles < 6706, axis=1)  # ICT's narrow face area
 
     figure, (ax,) = new_figure(size=7.0)
