@@ -17,10 +17,13 @@ finishes:
    Cholesky). The Jacobian is ``jax.jacfwd`` of the projection of the model rows
    landmarks can map to, so every camera of :mod:`morphable.camera` works; the
    residuals' Jacobian is its rows at the current correspondences. The Huber loss
-   is handled by iteratively reweighted least squares; blendshape bounds by
-   freezing the weights held at a bound by the gradient and projecting the step.
-   Contour correspondences are re-matched to the nearest candidate before every
-   iteration; which sides are matched is fixed from the initial pose.
+   is handled by iteratively reweighted least squares. With blendshape bounds each
+   step minimises the damped quadratic model within the box: camera and identity
+   are eliminated (Schur complement) and the small bounded problem left in the
+   expression is solved by projected coordinate descent. Contour correspondences
+   are re-matched to the nearest candidate before every iteration; which sides
+   are matched is fixed from the initial pose. Steps are accepted when they lower
+   the energy; the damping follows Marquardt's gain-ratio rule.
 
 Only the model rows that landmarks can map to take part (the fixed landmark
 vertices and the contour candidates: 50–110 rows for SFM and ICT); normal
@@ -31,7 +34,6 @@ refinement loop runs until the slowest image of the batch stops.
 """
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -126,38 +128,47 @@ def _n_camera_parameters(config: ImageFitConfig) -> int:
     return 7 if config.camera == "perspective" and config.fit_focal_length else 6
 
 
-def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array, pivot: jax.Array) -> Camera:
-    """Unpack the optimised camera parameters into a :mod:`morphable.camera` camera.
+def _camera_from_vector(vector: jax.Array, config: ImageFitConfig, principal_point: jax.Array) -> Camera:
+    """Unpack the optimised camera parameters into a camera of the pivot-centred model frame.
 
-    Every camera is parametrised like the weak-perspective one, ``(rotation,
-    image position of the pivot (px), log scale (px per model unit))``, plus, when
-    the focal length is fitted, the log distance of the pivot: the pinhole camera's
-    distance is ``f / scale`` (or ``f = scale · distance``). The pivot is the
-    landmarks' centroid in the model frame. Rotating about the face rather than the
-    model origin, and giving depth as a scale, decouples the parameters, which keeps
-    the float32 normal equations well conditioned and the problem nearly linear.
+    During the refinement the model frame is shifted so that the pivot (the
+    landmarks' centroid) is its origin: rotating about the face rather than about a
+    possibly distant model origin decouples rotation from translation. Every camera
+    is parametrised like the weak-perspective one, ``(rotation, image position of
+    the pivot (px), log scale (px per model unit))``, plus, when the focal length is
+    fitted, the log distance of the pivot: a pinhole camera sits at distance
+    ``f / scale`` (or has ``f = scale · distance``). Giving depth as a scale keeps
+    the problem nearly linear and the float32 normal equations well conditioned.
+    See :func:`_to_model_frame` for the camera of the model's own frame.
     """
     dtype = vector.dtype
-    flip = jnp.array([1.0, -1.0], dtype)
-    rotated_pivot = axis_angle_to_matrix(vector[0:3]) @ pivot
     image_pivot, scale = vector[3:5], jnp.exp(vector[5])
     if config.camera == "weak_perspective":
-        translation = image_pivot - scale * rotated_pivot[:2] * flip
-        return WeakPerspectiveCamera(rotation=vector[0:3], scale=scale, translation=translation)
+        return WeakPerspectiveCamera(rotation=vector[0:3], scale=scale, translation=image_pivot)
     if config.fit_focal_length:
         distance = jnp.exp(vector[6])
         focal = scale * distance
     else:
         focal = jnp.asarray(config.focal_length, dtype)
         distance = focal / scale
+    flip = jnp.array([1.0, -1.0], dtype)
     pivot_in_camera = jnp.concatenate([(image_pivot - principal_point) * flip / scale, -distance[None]])
     return PerspectiveCamera(
-        rotation=vector[0:3], translation=pivot_in_camera - rotated_pivot, focal=focal, principal_point=principal_point
+        rotation=vector[0:3], translation=pivot_in_camera, focal=focal, principal_point=principal_point
     )
 
 
+def _to_model_frame(camera: Camera, pivot: jax.Array) -> Camera:
+    """The same camera for points in the model's frame (the pivot-centred frame shifted back)."""
+    rotated_pivot = axis_angle_to_matrix(camera.rotation) @ pivot
+    if isinstance(camera, WeakPerspectiveCamera):
+        flip = jnp.array([1.0, -1.0], rotated_pivot.dtype)
+        return camera.replace(translation=camera.translation - camera.scale * rotated_pivot[:2] * flip)
+    return camera.replace(translation=camera.translation - rotated_pivot)
+
+
 def _camera_vector(matrix, scale, translation, pivot, config: ImageFitConfig):
-    """Parameters (see :func:`_camera_from_vector`) of a weak-perspective camera.
+    """Parameters (see :func:`_camera_from_vector`) of a weak-perspective camera of the model frame.
 
     A pinhole camera starts at the distance ``f / s`` with the pivot imaged where
     the weak camera put it: the two agree to first order around the face.
@@ -197,22 +208,31 @@ def _map_rows(linear: jax.Array, basis: jax.Array) -> jax.Array:
     return sum(linear[:, :, j, None] * basis[:, None, j, :] for j in range(3))
 
 
-def _spd_solve(matrix, rhs):
-    """Solve a symmetric positive-definite system by Cholesky (lean to compile; NaN if not PD)."""
-    if rhs.shape[-1] == 0:
+def _spd_solve_many(matrix, rhs):
+    """Solve a symmetric positive-definite system for right-hand sides ``(n, r)`` by Cholesky.
+
+    Lean to compile (no ``custom_linear_solve`` wrapper); NaN if the matrix is not
+    positive definite, which callers check.
+    """
+    if rhs.shape[0] == 0:
         return rhs
     factor = jax.lax.linalg.cholesky(matrix)
-    half = jax.lax.linalg.triangular_solve(factor, rhs[:, None], left_side=True, lower=True)
-    return jax.lax.linalg.triangular_solve(factor, half, left_side=True, lower=True, transpose_a=True)[:, 0]
+    half = jax.lax.linalg.triangular_solve(factor, rhs, left_side=True, lower=True)
+    return jax.lax.linalg.triangular_solve(factor, half, left_side=True, lower=True, transpose_a=True)
+
+
+def _spd_solve(matrix, rhs):
+    """Solve a symmetric positive-definite system for one right-hand side ``(n,)``."""
+    return _spd_solve_many(matrix, rhs[:, None])[:, 0]
 
 
 def _bounded_quadratic(hessian, gradient, lower, upper, start, sweeps: int):
     """argmin ½ eᵀHe − gᵀe on the box [lower, upper] by projected coordinate descent.
 
-    Hand-written: jax has no batched box-constrained QP; with H positive definite
-    (the prior guarantees it) cyclic projected coordinate descent converges to
-    the constrained minimum, and a few sweeps from the previous estimate suffice
-    inside the alternation.
+    Hand-written: jax has no batched box-constrained QP solver. With H positive
+    definite (the prior and the damping guarantee it) cyclic projected coordinate
+    descent converges to the constrained minimum; the problems here are small
+    (the expression block) and start close to their solution.
     """
     n = gradient.shape[-1]
     if n == 0 or sweeps == 0:
@@ -272,9 +292,11 @@ def _fit_one(
     right_eye, left_eye = (int(table.fixed[k]) for k in OUTER_EYE_CORNERS)
     if right_eye >= 0 and left_eye >= 0:
         size3d = jnp.linalg.norm(rows.mean[right_eye] - rows.mean[left_eye])
-    else:
+    elif np.any(table.fixed >= 0):
         fixed_rows = rows.mean[table.fixed[table.fixed >= 0]]
         size3d = 2.0 * jnp.sqrt(jnp.mean(jnp.sum((fixed_rows - fixed_rows.mean(0)) ** 2, -1)))
+    else:
+        size3d = jnp.asarray(1.0, dtype)  # no fixed landmark: the fit will be flagged invalid
     lam_id, lam_exp = config.identity_prior_weight, config.expression_prior_weight
 
     def match(projected, yaw, positions):
@@ -363,19 +385,21 @@ def _fit_one(
         [jnp.zeros(n_c, dtype), jnp.full(n_i, lam_id, dtype), jnp.full(n_e, lam_exp, dtype)]
     )
 
+    centred = rows.replace(mean=rows.mean - centroid)
+
     def unpack(theta):
         return (
-            _camera_from_vector(theta[:n_c], config, principal_point, centroid),
+            _camera_from_vector(theta[:n_c], config, principal_point),
             theta[n_c : n_c + n_i],
             theta[n_c + n_i :],
         )
 
     def project_all(theta):
         camera, identity, expression = unpack(theta)
-        return project(camera, _all_points(rows, identity, expression)[None])[0]
+        return project(camera, _all_points(centred, identity, expression)[None])[0]
 
     def project_points(camera_vector, points):
-        return project(_camera_from_vector(camera_vector, config, principal_point, centroid), points[None])[0]
+        return project(_camera_from_vector(camera_vector, config, principal_point), points[None])[0]
 
     def project_with_primal(camera_vector, points):
         projected = project_points(camera_vector, points)
@@ -391,10 +415,10 @@ def _fit_one(
         follows by the chain rule through the linear model, ``∂π/∂X · basis``,
         which avoids pushing one-hot tangents through the basis product.
         """
-        _, identity, expression = unpack(theta)
-        points = _all_points(rows, identity, expression)
+        camera, identity, expression = unpack(theta)
+        points = _all_points(centred, identity, expression)
         camera_jacobian, projected = jax.jacfwd(project_with_primal, has_aux=True)(theta[:n_c], points)
-        point_jacobian = jax.vmap(jax.jacfwd(lambda point: project_points(theta[:n_c], point[None])[0]))(points)
+        point_jacobian = jax.vmap(jax.jacfwd(lambda point: project(camera, point[None, None])[0, 0]))(points)
         shape_jacobian = _map_rows(point_jacobian, shape_basis)
         return jnp.concatenate([camera_jacobian, shape_jacobian], axis=-1), projected
 
@@ -406,22 +430,53 @@ def _fit_one(
     lower = jnp.concatenate([jnp.full(n_c + n_i, -jnp.inf, dtype), rows.lower])
     upper = jnp.concatenate([jnp.full(n_c + n_i, jnp.inf, dtype), rows.upper])
 
-    def damped_step(normal, gradient, frozen, damping):
-        """Levenberg–Marquardt step with the ``frozen`` parameters held, and its predicted decrease."""
-        normal = normal * ~frozen[:, None] * ~frozen[None, :]
-        gradient = gradient * ~frozen
+    def scaled_system(normal, damping):
+        """Jacobi scaling ``S`` and ``S N S + μ I`` (unit diagonal plus damping: well conditioned in float32)."""
         diagonal = jnp.diagonal(normal)
-        diagonal = jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY)
-        # Jacobi scaling makes the damped system unit-diagonal (well conditioned in float32).
-        scaling = 1.0 / jnp.sqrt(diagonal)
-        scaled = normal * scaling[:, None] * scaling[None, :] + damping * jnp.eye(gradient.shape[0], dtype=dtype)
-        solution = _spd_solve(scaled, scaling * gradient)
+        scaling = 1.0 / jnp.sqrt(jnp.maximum(diagonal, 1e-10 * jnp.max(diagonal) + _TINY))
+        curvature = normal * scaling[:, None] * scaling[None, :]
+        return scaling, curvature, curvature + damping * jnp.eye(normal.shape[0], dtype=dtype)
+
+    def damped_step(normal, gradient, damping):
+        """Levenberg–Marquardt step (Marquardt's diagonal damping) and its predicted decrease."""
+        scaling, curvature, damped = scaled_system(normal, damping)
+        solution = -_spd_solve(damped, scaling * gradient)
         solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0.0)
-        # Decrease the damped Gauss–Newton model predicts, −(2gᵀδ + δᵀNδ) =
-        # uᵀ(SNS + 2μI)u, evaluated in the scaled variables: the unscaled form cancels
-        # catastrophically in float32. Near zero at a minimum over the free parameters.
-        predicted = solution @ (scaled @ solution) + damping * (solution @ solution)
-        return -scaling * solution, predicted
+        # Decrease predicted by the Gauss–Newton model, −(2gᵀδ + δᵀNδ), in the
+        # scaled variables: the unscaled form cancels catastrophically in float32.
+        predicted = -(2.0 * (scaling * gradient) @ solution + solution @ (curvature @ solution))
+        return scaling * solution, predicted
+
+    n_free = n_c + n_i
+
+    def bounded_step(normal, gradient, theta, damping):
+        """The damped step minimising the quadratic model within the blendshape bounds.
+
+        The unbounded camera and identity block is eliminated (Schur complement), and
+        the remaining box-constrained quadratic in the expression step is solved by
+        projected coordinate descent: projecting an unconstrained step instead can go
+        uphill when it cuts a weight coupled to the others.
+        """
+        scaling, curvature, damped = scaled_system(normal, damping)
+        scaled_gradient = scaling * gradient
+        free_block, coupling = damped[:n_free, :n_free], damped[:n_free, n_free:]
+        eliminated = _spd_solve_many(free_block, jnp.concatenate([coupling, scaled_gradient[:n_free, None]], 1))
+        reduced = damped[n_free:, n_free:] - coupling.T @ eliminated[:, :-1]
+        reduced_gradient = scaled_gradient[n_free:] - coupling.T @ eliminated[:, -1]
+        box_scale = scaling[n_free:]
+        expression_step = _bounded_quadratic(
+            reduced,
+            -reduced_gradient,
+            (lower[n_free:] - theta[n_free:]) / box_scale,
+            (upper[n_free:] - theta[n_free:]) / box_scale,
+            jnp.zeros(n_e, dtype),
+            config.expression_solver_sweeps,
+        )
+        free_step = -(eliminated[:, -1] + eliminated[:, :-1] @ expression_step)
+        solution = jnp.concatenate([free_step, expression_step])
+        solution = jnp.where(jnp.all(jnp.isfinite(solution)), solution, 0.0)
+        predicted = -(2.0 * scaled_gradient @ solution + solution @ (curvature @ solution))
+        return scaling * solution, predicted
 
     def lm_step(state):
         theta, positions, damping, iteration, _ = state
@@ -434,34 +489,12 @@ def _fit_one(
         normal = _weighted_gram(jacobian, omega) + jnp.diag(prior)
         gradient = jnp.einsum("kin,ki->n", jacobian, omega[:, None] * projected - target) + prior * theta
         if blendshape_bounds:
-            # Active set: weights on a bound that the gradient pushes outwards stay
-            # there; then also those the coupled Gauss–Newton step would push out
-            # (the gradient may point inwards while the step points outwards; projecting
-            # such a step moves the other parameters as if the weight had moved).
-            at_lower, at_upper = theta <= lower, theta >= upper
-            frozen = (at_lower & (gradient > 0)) | (at_upper & (gradient < 0))
-            step, predicted = damped_step(normal, gradient, frozen, damping)
-            frozen |= (at_lower & (step < 0)) | (at_upper & (step > 0))
-            step, predicted = damped_step(normal, gradient, frozen, damping)
-            # Two feasible versions of the step: projected onto the box, and truncated
-            # where it first meets the box (weights already on a bound are projected,
-            # so they cannot stall it). A projected Gauss–Newton step can go uphill
-            # when it cuts weights coupled to others; keep the better of the two.
-            projected_candidate = jnp.clip(theta + step, lower, upper)
-            inside = (theta > lower) & (theta < upper)
-            room = jnp.where(step < 0, (lower - theta) / step, jnp.where(step > 0, (upper - theta) / step, jnp.inf))
-            room = jnp.where(inside, room, jnp.inf)
-            fraction = jnp.clip(jnp.min(room), 0.0, 1.0)
-            truncated_candidate = jnp.clip(theta + fraction * step, lower, upper)
-            projected_trial = energy(projected_candidate, project_all(projected_candidate), positions)
-            truncated_trial = energy(truncated_candidate, project_all(truncated_candidate), positions)
-            take_truncated = truncated_trial < projected_trial
-            candidate = jnp.where(take_truncated, truncated_candidate, projected_candidate)
-            trial = jnp.minimum(truncated_trial, projected_trial)
+            step, predicted = bounded_step(normal, gradient, theta, damping)
+            candidate = jnp.clip(theta + step, lower, upper)
         else:
-            step, predicted = damped_step(normal, gradient, jnp.zeros(theta.shape, bool), damping)
+            step, predicted = damped_step(normal, gradient, damping)
             candidate = theta + step
-            trial = energy(candidate, project_all(candidate), positions)
+        trial = energy(candidate, project_all(candidate), positions)
         accept = jnp.isfinite(trial) & (trial < current)
         converged = (predicted <= config.tolerance * current) | (~accept & (damping >= _MAX_DAMPING))
         converged |= accept & (current - trial <= config.tolerance * current)
@@ -492,6 +525,7 @@ def _fit_one(
     theta = jnp.where(valid, theta, jnp.where(jnp.isfinite(neutral), neutral, 0.0))
     camera, identity, expression = unpack(theta)
     projected = project_all(theta)
+    camera = _to_model_frame(camera, centroid)
     final_energy = jnp.where(valid, energy(theta, projected, positions), 0.0)
     final_residuals = jnp.where(used[:, None], projected[jnp.maximum(positions, 0)] - y, 0.0)
     rmse = jnp.sqrt(jnp.sum(final_residuals**2) / jnp.maximum(n_used, 1))
@@ -532,7 +566,8 @@ def _fit_batch(model, landmarks2d, weights, principal_point, config):
     def one(y, w, pp):
         return _fit_one(rows, table, y, w, pp, config, blendshape_bounds)
 
-    return jax.vmap(one, in_axes=(0, 0, None if principal_point is None else 0))(landmarks2d, weights, principal_point)
+    in_axes = (0, 0, None if principal_point is None else 0)
+    return jax.vmap(one, in_axes=in_axes)(landmarks2d, weights, principal_point)
 
 
 _fit_batch_jit = jax.jit(_fit_batch, static_argnames=("config",))

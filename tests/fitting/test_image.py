@@ -86,7 +86,8 @@ def _project(camera, points3d):
     if isinstance(camera, morphable.PerspectiveCamera):
         rotated = rotated + np.asarray(camera.translation)[:, None, :]
         focal = np.asarray(camera.focal)[:, None, None]
-        return np.asarray(camera.principal_point)[:, None, :] + focal * rotated[..., :2] / -rotated[..., 2:] * [1, -1]
+        image_plane = rotated[..., :2] / -rotated[..., 2:] * [1, -1]
+        return np.asarray(camera.principal_point)[:, None, :] + focal * image_plane
     scale = np.asarray(camera.scale)[:, None, None]
     return scale * rotated[..., :2] * [1, -1] + np.asarray(camera.translation)[:, None, :]
 
@@ -185,10 +186,11 @@ def test_missing_landmarks_and_degenerate_images(tiny_model):
     # NaN and zero weight are the same thing.
     np.testing.assert_allclose(result.identity[1], result.identity[2], atol=1e-3)
     np.testing.assert_allclose(result.expression[1], result.expression[2], atol=1e-3)
-    # Invalid images report the neutral fallback and no residuals.
+    # Invalid images report the neutral fallback (zero identity) and never claim convergence.
     np.testing.assert_array_equal(np.asarray(result.identity[3:]), 0.0)
     assert not bool(result.converged[3:].any())
-    assert bool(np.all(np.asarray(result.expression) >= 0.0)) and bool(np.all(np.asarray(result.expression) <= 1.0))
+    expression = np.asarray(result.expression)
+    assert np.all(expression >= 0.0) and np.all(expression <= 1.0)  # the blendshape bounds
 
 
 def test_batch_dims_match_single_image_fits(tiny_model):
@@ -218,7 +220,8 @@ def test_huber_loss_resists_outliers(tiny_model):
         return np.sqrt(np.mean(distance[inlier] ** 2))
 
     plain = inlier_error(fit_image(tiny_model, images))
-    robust = inlier_error(fit_image(tiny_model, images, config=ImageFitConfig(robust_loss="huber", huber_scale=3.0)))
+    huber = ImageFitConfig(robust_loss="huber", huber_scale=3.0)
+    robust = inlier_error(fit_image(tiny_model, images, config=huber))
     assert robust < 0.6 * plain, (robust, plain)
     assert robust < 2.0 * NOISE_PX
 
@@ -229,16 +232,18 @@ def test_huber_loss_resists_outliers(tiny_model):
 def test_synthetic_recovery_ict(ict_model):
     """Known identity, expression and pose on ICT-FaceKit (3D-aware landmarks, 1 px noise).
 
-    Tolerances: with 1 px noise per coordinate the expected 2D point RMSE is √2·√(1 − p/136)
-    for p effective parameters, about 1.2–1.4 px, so the mean must be below 1.5 px and no
-    image above 2 px (the prior biases single fits a little). Individual identity
-    coefficients are barely observable from 68 points (two faces differing only in
+    Tolerances (measured values in brackets): with 1 px noise per coordinate the 2D
+    point RMSE of a fit with p effective parameters is about √2·√(1 − p/136), so the
+    mean must be below 1.5 px and no image above 2 px [1.30, 1.46]. Individual
+    identity coefficients are barely observable from 68 points (faces differing in
     depth project alike), so the test compares 3D landmark geometry: the recovered
-    offset from the mean face (identity + expression) must be within 60 % of its size
-    (the mean face would be 100 %), and the expression part alone within 60 %
-    (measured ≈ 47 % and ≈ 41 %); expression coefficients must correlate with the truth
-    (r > 0.4, measured ≈ 0.58: 53 overlapping ARKit blendshapes are only partly
-    separable from 68 points). Pose within 2° per angle on average, scale within 3 %.
+    offset from the mean face (identity + expression) must be within 60 % of its size,
+    where the mean face scores 100 % [43 %], and the expression part alone within
+    60 % [31 %]; the 53 overlapping ARKit blendshapes are only partly separable from
+    68 points, so the coefficients need only correlate with the truth, r > 0.5 [0.71].
+    Pose within 2° per angle on average [0.5°]; scale within 8 % per image and 3 % on
+    average [5.5 %, 1.5 %]: the identity prior shrinks the face's size, which the
+    scale absorbs.
     """
     rng = np.random.default_rng(4)
     images, _, identity, expression, yaw_pitch_roll = _synthetic_images(ict_model, rng, 16)
@@ -260,7 +265,7 @@ def test_synthetic_recovery_ict(ict_model):
     expression_true = _landmarks3d(ict_model, zeros_i, expression) - mean_face
     expression_fit = _landmarks3d(ict_model, zeros_i, np.asarray(result.expression)) - mean_face
     assert relative_error(expression_fit, expression_true).mean() < 0.6
-    assert np.corrcoef(np.asarray(result.expression).ravel(), expression.ravel())[0, 1] > 0.4
+    assert np.corrcoef(np.asarray(result.expression).ravel(), expression.ravel())[0, 1] > 0.5
 
     angles = _angles(result.camera.rotation)
     assert np.abs(angles - yaw_pitch_roll).mean(axis=0).max() < 2.0
@@ -273,13 +278,17 @@ def test_perspective_camera_fits_perspective_data(sfm_model):
     """Faces 60 cm from a 1000 px camera: strong perspective (depth ±10 % of the distance)."""
     rng = np.random.default_rng(5)
     images, _, _, _, yaw_pitch_roll = _synthetic_images(sfm_model, rng, 8, perspective=True)
+    images[7] = np.nan  # an image without landmarks: flagged, finite fallback camera
     principal_point = np.array([320.0, 240.0], np.float32)
     config = ImageFitConfig(contour_fitting=False, camera="perspective", focal_length=1000.0)
     pinhole = fit_image(sfm_model, images, principal_point=principal_point, config=config)
     assert isinstance(pinhole.camera, morphable.PerspectiveCamera)
-    assert bool(np.all(pinhole.valid)) and bool(np.all(pinhole.converged))
-    # A weak-perspective fit of the same images reaches ≈ 1.6 px: the pinhole fit must
-    # model the perspective to reach the noise level.
+    assert _all_finite(pinhole)
+    np.testing.assert_array_equal(np.asarray(pinhole.valid), [True] * 7 + [False])
+    pinhole, yaw_pitch_roll = jax.tree_util.tree_map(lambda leaf: leaf[:7], pinhole), yaw_pitch_roll[:7]
+    assert bool(np.all(pinhole.converged))
+    # At the noise level [1.40 px mean]; a weak-perspective fit of the same images
+    # stays above it [1.53 px], and has no distance to check below.
     assert float(pinhole.rmse.mean()) < 1.5 and float(pinhole.rmse.max()) < 2.0
     distance = -np.asarray(pinhole.camera.translation[:, 2])
     mean_face = _landmarks3d(sfm_model, np.zeros(63), np.zeros(6))
