@@ -38,14 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from fitting.video_init import face_pixels, initialise, usable_weights
+from fitting.video_init import initialise, usable_weights
 from fitting.video_solve import (
     OUTER_EYE_CORNERS,
-    POSE_SIZE,
     LandmarkSystem,
     VideoParameters,
     block_preconditioner,
-    frame_blocks,
+    expression_blocks,
     gauss_newton,
     landmark_system,
     project_landmarks,
@@ -57,12 +56,14 @@ from morphable.model import MorphableModel
 __all__ = ["VideoFitConfig", "VideoFitResult", "fit_video", "fit_video_arrays", "STRUCTURE"]
 
 STRUCTURE = (
-    "Gauss-Newton; per-frame expression blocks from 9 precomputed Gram matrices G_ab (landmark rows only); "
-    "per-frame (n_e+6)^2 blocks factorised each iteration (batched Cholesky); identity by exact Schur "
-    "elimination of the frames restricted to a 2-D identity subspace (Schur direction from a fixed-size frame "
-    "sample + previous step); temporal terms through a diagonal majoriser (one majorised block-Jacobi sweep "
-    "per iteration); projected Newton for blendshape bounds; backtracking; one jitted while_loop; "
-    "memory and time linear in frames"
+    "Gauss-Newton, one jitted while_loop, time and memory linear in frames; only the 68 landmark rows of the "
+    "bases; per-frame expression normal blocks from 9 precomputed Gram matrices G_ab (and identity blocks with "
+    "frame scalars summed first); per-frame (n_e+6)^2 blocks factorised every iteration (one batched LAPACK "
+    "Cholesky + one triangular-solve pair); identity (and a temporal anchor) by exact elimination of the frames "
+    "over a 2-D global subspace whose direction comes from the 100-right-hand-side Schur complement computed on "
+    "a fixed sample of 64 frames (not all frames); temporal terms through a diagonal majoriser centred on the "
+    "anchor (one majorised block-Jacobi sweep per iteration, no block-tridiagonal solve); projected Newton with a "
+    "low-rank bound correction for blendshape bounds; backtracking line search"
 )
 """One-line description of the solver's structure (reported by ``benchmarks/fit.py``)."""
 
@@ -86,7 +87,7 @@ class VideoFitConfig:
     ``w_fk`` 1 for an observed landmark of a usable frame. ``c`` rescales pixels
     to a face whose outer eye corners are ``reference_face_size`` pixels apart
     (the face size is measured once per video, see
-    :func:`fitting.video_init.face_pixels`), so the weights mean the same at any
+    :func:`fitting.video_init.usable_weights`), so the weights mean the same at any
     resolution — the convention of :class:`fitting.config.ImageFitConfig`.
     Pose differences are in radians (axis-angle), log-scale and translation in
     face sizes. Read as ``E = −2 log posterior``: ``landmark_weight = 1/σ²`` for
@@ -98,13 +99,19 @@ class VideoFitConfig:
         100 px between the outer eye corners — typical of a good detector).
       reference_face_size: outer-eye-corner distance, pixels, the residuals are
         rescaled to. Default 100.
-      identity_prior_weight: Gaussian prior on identity (std units). Default 1,
-        the model's N(0, I); the identity is observed in every frame, so the
-        prior matters little for videos.
+      identity_prior_weight: Gaussian prior on identity (std units). Default 10,
+        as :class:`fitting.config.ImageFitConfig`. The expression prior is
+        counted once per frame, so with the model's N(0, I) (weight 1) the
+        video's mean expression — which 68 landmarks cannot tell from an
+        identity offset — would be pushed into the identity (on synthetic ICT
+        videos the fitted expression then loses to independent per-frame fits);
+        a firmer identity prior keeps it in the expression.
       expression_prior_weight: Gaussian prior of a PCA expression basis (std
-        units) or the L2 prior of blendshape weights. Default 1 (N(0, 1)):
-        weakly observed blendshapes stay near 0 without shrinking well
-        observed ones (a mouth-opening unit moves landmarks by ~10 reference px).
+        units) or the L2 prior of blendshape weights. Default 10 (as
+        :class:`fitting.config.ImageFitConfig`; σ ≈ 0.3): many of ICT's 53
+        blendshapes barely move the 68 landmarks or move them like another one
+        (e.g. smile vs dimple), and a weaker prior lets landmark noise leak into
+        them, while a mouth-opening unit still costs ~100× its prior in misfit.
       expression_velocity_weight, expression_acceleration_weight: temporal
         smoothness of the expression (first and second differences). Defaults
         1 and 10 (σ 1 and 0.3 per frame): a blink (0 → 1 in ~3 frames) still
@@ -141,8 +148,8 @@ class VideoFitConfig:
 
     landmark_weight: float = struct.field(pytree_node=False, default=1.0)
     reference_face_size: float = struct.field(pytree_node=False, default=100.0)
-    identity_prior_weight: float = struct.field(pytree_node=False, default=1.0)
-    expression_prior_weight: float = struct.field(pytree_node=False, default=1.0)
+    identity_prior_weight: float = struct.field(pytree_node=False, default=10.0)
+    expression_prior_weight: float = struct.field(pytree_node=False, default=10.0)
     expression_velocity_weight: float = struct.field(pytree_node=False, default=1.0)
     expression_acceleration_weight: float = struct.field(pytree_node=False, default=10.0)
     pose_velocity_weight: float = struct.field(pytree_node=False, default=100.0)
@@ -216,9 +223,10 @@ class VideoFitResult:
         (iBUG 37–46, 0-based 36 and 45) of the detected landmarks, or of the
         fitted ones when a corner is missing (0 on unusable frames).
       expression_std: ``(F, n_e)`` expression uncertainty: square root of the
-        diagonal of the inverse per-frame normal block (pose marginalised,
-        identity and neighbouring frames fixed), i.e. the Laplace posterior std
-        under the reading of :class:`VideoFitConfig`.
+        diagonal of the inverse per-frame expression normal block (data, prior
+        and temporal diagonal; pose, identity and neighbouring frames fixed),
+        i.e. the Laplace posterior std given those, under the reading of
+        :class:`VideoFitConfig`.
       frame_valid: ``(F,)`` bool, frames that had usable landmarks; the others
         are filled in by the temporal terms.
       face_size: ``()`` outer-eye-corner distance of the face, pixels.
@@ -257,61 +265,54 @@ def _free_mask(params: VideoParameters, system: LandmarkSystem) -> jax.Array:
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _solve(config, system, points, weights, exists):
-    return _solve_forward(config, system, points, weights, exists)[0]
+def _solve(config, system, points, weights, exists, size):
+    return _solve_forward(config, system, points, weights, exists, size)[0]
 
 
-def _solve_forward(config, system, points, weights, exists):
-    size = face_pixels(system, points, weights)
+def _solve_forward(config, system, points, weights, exists, size):
     start = initialise(system, points, weights, size, config)
     params, diagnostics = gauss_newton(start, system, points, weights, exists, size, config)
-    return (params, diagnostics), (system, points, weights, exists, params)
+    return (params, diagnostics), (system, points, weights, exists, size, params)
 
 
 def _solve_backward(config, residuals, cotangents):
     """Implicit differentiation at the solution: ``ȳ = −(∂²E/∂y∂x)ᵀ (∂²E/∂x²)⁻¹ x̄``.
 
-    The Hessian is applied matrix-free (forward-over-reverse, exact second
-    derivatives) and inverted by conjugate gradients preconditioned with the
+    ``y`` are the landmarks and the face size (which the caller differentiates
+    further through its own formula). The Hessian is applied matrix-free
+    (forward-over-reverse: exact second derivatives, not the Gauss–Newton
+    approximation) and inverted by conjugate gradients preconditioned with the
     solver's block structure (per-frame Cholesky blocks, identity Schur
-    complement over all valid frames). Coefficients held on a blendshape bound
+    complement over all usable frames). Coefficients held on a blendshape bound
     are excluded (their derivative is 0).
     """
-    system, points, weights, exists, params = residuals
+    system, points, weights, exists, size, params = residuals
     params_bar = cotangents[0]
     free = _free_mask(params, system)
 
     def project(tree):
         return tree.replace(expression=tree.expression * free)
 
-    def gradient(p, y):
-        size = face_pixels(system, y, weights)
-        return jax.grad(video_energy)(p, system, y, weights, exists, size, config)
+    def gradient(p, y, s):
+        return jax.grad(video_energy)(p, system, y, weights, exists, s, config)
 
     def hessian_vector(v):
-        v = project(v)
-        return project(jax.jvp(lambda p: gradient(p, points), (params,), (v,))[1])
+        return project(jax.jvp(lambda p: gradient(p, points, size), (params,), (project(v),))[1])
 
-    size = face_pixels(system, points, weights)
     precondition = block_preconditioner(params, system, points, weights, exists, size, config, free)
-    rhs = project(params_bar)
     multiplier, _ = jax.scipy.sparse.linalg.cg(
         hessian_vector,
-        rhs,
+        project(params_bar),
         M=lambda v: project(precondition(project(v))),
         tol=config.implicit_tolerance,
         maxiter=config.implicit_iterations,
     )
-    _, pullback = jax.vjp(lambda y: gradient(params, y), points)
-    (points_bar,) = pullback(jax.tree.map(lambda m: -m, project(multiplier)))
-    return None, points_bar, None, None
+    _, pullback = jax.vjp(lambda y, s: gradient(params, y, s), points, size)
+    points_bar, size_bar = pullback(jax.tree.map(lambda m: -m, project(multiplier)))
+    return None, points_bar, None, None, size_bar
 
 
-def _solve_vjp_forward(config, system, points, weights, exists):
-    return _solve_forward(config, system, points, weights, exists)
-
-
-_solve.defvjp(_solve_vjp_forward, _solve_backward)
+_solve.defvjp(_solve_forward, _solve_backward)
 
 
 # ---------------------------------------------------------------- result
@@ -322,14 +323,14 @@ def _safe_sqrt(x):
     return jnp.sqrt(jnp.where(positive, x, 1.0)) * positive
 
 
-def _expression_std(params, system, points, weights, exists, size, config):
-    blocks, _ = frame_blocks(params, system, points, weights, exists, size, config, majorise=False)
-    n_z = blocks.shape[-1]
+def _expression_std(params, system, weights, exists, size, config):
+    """``(F, n_e)`` sqrt of the diagonal of the inverse expression normal block of each frame."""
+    blocks = expression_blocks(params, system, weights, exists, size, config)
     factor = jnp.linalg.cholesky(blocks)
     inverse_factor = jax.scipy.linalg.solve_triangular(
-        factor, jnp.broadcast_to(jnp.eye(n_z, dtype=blocks.dtype), blocks.shape), lower=True
+        factor, jnp.broadcast_to(jnp.eye(blocks.shape[-1], dtype=blocks.dtype), blocks.shape), lower=True
     )
-    variance = jnp.sum(inverse_factor**2, axis=-2)[:, : system.n_expression]
+    variance = jnp.sum(inverse_factor**2, axis=-2)  # diag(D⁻¹) = column norms² of L⁻¹
     return _safe_sqrt(jnp.where(jnp.isfinite(variance), variance, 0.0))
 
 
@@ -360,10 +361,8 @@ def fit_video_arrays(
     finite = jnp.all(jnp.isfinite(landmarks2d), -1)
     observed = finite & jnp.asarray(mask, bool) & (system.available > 0) & (exists_f[:, None] > 0)
     points = jnp.where(observed[..., None], landmarks2d, 0.0)
-    weights = usable_weights(system, points, observed.astype(dtype), exists_f, config)
-    weights = jax.lax.stop_gradient(weights)
-    params, diagnostics = _solve(config, system, points, weights, exists_f)
-    size = face_pixels(system, points, weights)
+    weights, size = usable_weights(system, points, observed.astype(dtype), exists_f, config)
+    params, diagnostics = _solve(config, system, points, weights, exists_f, size)
 
     frame_valid = jnp.any(weights > 0, -1)
     projected = project_landmarks(params, system, size)
@@ -378,7 +377,7 @@ def fit_video_arrays(
     else:
         eye_distance = jnp.broadcast_to(size, rmse.shape)
     nme = jnp.where(eye_distance > 0, rmse / jnp.where(eye_distance > 0, eye_distance, 1.0), 0.0)
-    expression_std = _expression_std(params, system, points, weights, exists_f, size, config)
+    expression_std = _expression_std(params, system, weights, exists_f, size, config)
 
     def finite_tree(tree):
         return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
@@ -458,8 +457,11 @@ def fit_video(
 
     Returns:
       :class:`VideoFitResult`. Differentiable with respect to ``landmarks2d``
-      (implicit differentiation at the solution; see :func:`_solve_backward`).
-      Compiled once per (model layout, number of frames, config).
+      by implicit differentiation at the solution (see :func:`_solve_backward`):
+      exact when the fit has converged (``result.converged``; raise
+      ``config.iterations`` or lower ``tolerance`` for gradients that matter);
+      held blendshape coefficients (on a bound) get derivative 0. Compiled once
+      per (model layout, number of frames, config).
 
     Raises:
       ValueError: on a wrong shape or mask dtype, or an inconsistent config.

@@ -16,8 +16,8 @@ identity (clipped to the blendshape bounds), and frames without landmarks get
 their camera and expression by linear interpolation between the nearest frames
 that have them (held constant before the first and after the last).
 
-Also here: which frames are usable (:func:`usable_weights`) and the face size
-in pixels that normalises the landmark term (:func:`face_pixels`).
+Also here: which frames are usable and the face size in pixels that
+normalises the landmark term (:func:`usable_weights`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ import jax.numpy as jnp
 
 from fitting.camera_estimate import estimate_weak_perspective
 from fitting.video_solve import LandmarkSystem, VideoParameters
+from morphable.camera import WeakPerspectiveCamera
 from morphable.rotation import axis_angle_to_matrix
 
 if TYPE_CHECKING:
     from fitting.video import VideoFitConfig
 
-__all__ = ["usable_weights", "face_pixels", "fill_gaps", "rigid_fit", "initialise"]
+__all__ = ["usable_weights", "affine_scale", "fill_gaps", "rigid_fit", "initialise"]
 
 _FLIP = (1.0, -1.0)
 _MIN_SCALE = 1e-20
@@ -42,13 +43,19 @@ _MIN_SCALE = 1e-20
 
 def usable_weights(
     system: LandmarkSystem, points: jax.Array, observed: jax.Array, exists: jax.Array, config: "VideoFitConfig"
-) -> jax.Array:
-    """Landmark weights with unusable frames zeroed.
+) -> tuple[jax.Array, jax.Array]:
+    """Landmark weights with unusable frames zeroed, and the face size in pixels.
 
     A frame is usable when it is inside the video, has at least
     ``config.min_landmarks`` observed landmarks with a model vertex, their RMS
     distance to their centroid is at least ``config.min_face_size`` pixels, and
     a non-degenerate camera maps the mean face onto them (not collinear).
+
+    The face size is the outer-eye-corner distance in pixels: the mean over
+    usable frames of :func:`affine_scale` (mean face → landmarks) times the
+    mean face's eye-corner distance. Unlike the distance between the detected
+    corners it does not shrink with yaw, and it is a smooth function of the
+    landmarks (the implicit gradient goes through it). 1 when no frame is usable.
 
     Args:
       system: the model's landmark rows.
@@ -57,39 +64,67 @@ def usable_weights(
       exists: ``(F,)`` 1 inside the video.
 
     Returns:
-      ``(F, L)`` weights in {0, 1}.
+      ``(weights (F, L) in {0, 1}, face_size ())``.
     """
     observed = observed * exists[:, None]
     count = jnp.sum(observed, -1)
     safe_count = jnp.maximum(count, 1.0)
     centre = jnp.sum(observed[..., None] * points, 1) / safe_count[:, None]
     spread_squared = jnp.sum(observed * jnp.sum((points - centre[:, None]) ** 2, -1), -1) / safe_count
-    _, camera_ok = estimate_weak_perspective(system.mean, points, observed)
+    # Only the validity flag of the Gold-Standard estimate is used: no gradient goes through it.
+    _, camera_ok = estimate_weak_perspective(system.mean, jax.lax.stop_gradient(points), observed)
     usable = (
         (exists > 0)
         & (count >= config.min_landmarks)
         & (spread_squared >= config.min_face_size**2)
         & camera_ok
     )
-    return observed * usable[:, None]
+    weights = jax.lax.stop_gradient(observed * usable[:, None])
+    used = usable.astype(points.dtype)
+    n_used = jnp.sum(used)
+    scale = affine_scale(system.mean, points, weights)
+    size = jnp.sum(used * scale) / jnp.maximum(n_used, 1.0) * system.eye_distance
+    good = (n_used > 0) & (size > 0) & jnp.isfinite(size)
+    return weights, jnp.where(good, size, 1.0)
 
 
-def face_pixels(system: LandmarkSystem, points: jax.Array, weights: jax.Array) -> jax.Array:
-    """Outer-eye-corner distance of the face in pixels, ``()``.
+def affine_scale(points3d: jax.Array, points2d: jax.Array, weights: jax.Array) -> jax.Array:
+    """Pixels per model unit of the least-squares affine camera, ``(F,)``.
 
-    The mean over usable frames of the camera scale that maps the mean face onto
-    the landmarks, times the mean face's eye-corner distance: independent of the
-    head pose (unlike the distance between the detected corners) and a smooth
-    function of the landmarks (the energy is differentiated through it).
-    Returns 1 when no frame is usable.
+    The 2×3 linear part ``A`` of the weighted affine fit ``points2d ≈ A X + t``
+    gives ``(det A Aᵀ)^(1/4)``, the geometric mean of its singular values: the
+    scale of a weak-perspective camera whatever the head pose. Written with
+    closed-form 3×3 and 2×2 algebra and guarded so that missing points and
+    degenerate frames give finite values *and* finite gradients (0 where
+    degenerate), which the implicit gradient of the fit needs.
+
+    Args:
+      points3d: ``(L, 3)`` model points; points2d: ``(F, L, 2)`` pixels;
+      weights: ``(F, L)`` non-negative, 0 = missing.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> X = jnp.array([[0., 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])
+      >>> round(float(affine_scale(X, 3.0 * X[None, :, :2], jnp.ones((1, 5)))[0]), 4)
+      3.0
     """
-    camera, _ = estimate_weak_perspective(system.mean, points, weights)
-    has_data = jnp.any(weights > 0, -1).astype(points.dtype)
-    count = jnp.sum(has_data)
-    scale = jnp.sum(has_data * camera.scale) / jnp.maximum(count, 1.0)
-    size = scale * system.eye_distance
-    good = (count > 0) & (size > 0) & jnp.isfinite(size)
-    return jnp.where(good, size, 1.0)
+    total = jnp.maximum(jnp.sum(weights, -1), _MIN_SCALE)
+    centre3d = jnp.einsum("fl,li->fi", weights, points3d) / total[:, None]
+    centre2d = jnp.einsum("fl,flc->fc", weights, points2d) / total[:, None]
+    x = (points3d[None] - centre3d[:, None]) * weights[..., None]
+    y = points2d - centre2d[:, None]
+    scatter = jnp.einsum("fli,flj->fij", x, points3d[None] - centre3d[:, None])
+    cross = jnp.einsum("flc,fli->fci", y, x)
+    ridge = 1e-6 * jnp.trace(scatter, axis1=-2, axis2=-1) + _MIN_SCALE
+    scatter = scatter + ridge[:, None, None] * jnp.eye(3, dtype=scatter.dtype)
+    # inverse of the SPD 3×3 scatter by its adjugate
+    a, b, c = scatter[:, 0], scatter[:, 1], scatter[:, 2]
+    adjugate = jnp.stack([jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)], -1)
+    determinant = jnp.sum(a * jnp.cross(b, c), -1)
+    linear = jnp.einsum("fci,fij->fcj", cross, adjugate) / jnp.maximum(determinant, _MIN_SCALE)[:, None, None]
+    gram = jnp.einsum("fci,fdi->fcd", linear, linear)
+    gram_determinant = gram[:, 0, 0] * gram[:, 1, 1] - gram[:, 0, 1] * gram[:, 1, 0]
+    return jnp.sqrt(jnp.sqrt(jnp.maximum(gram_determinant, 1e-30)))  # a float32-normal floor
 
 
 def fill_gaps(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -151,21 +186,39 @@ def rigid_fit(system: LandmarkSystem, points, weights, landmark_weight, config: 
       ``(identity (n_i,), camera (WeakPerspectiveCamera, batch (F,)), camera_ok (F,) bool)``.
     """
 
-    def round_(_, identity):
-        rigid = system.mean + jnp.einsum("lcn,n->lc", system.identity, identity)
+    n_rounds = config.init_iterations
+
+    def round_(k, state):
+        identity, _, _ = state
+        rigid = system.mean + (system.identity.reshape(-1, system.n_identity) @ identity).reshape(system.mean.shape)
         camera, ok = estimate_weak_perspective(rigid, points, weights)
-        return _identity_least_squares(
+        solved = _identity_least_squares(
             system, camera, points, weights * ok[:, None], landmark_weight, config.identity_prior_weight
         )
+        # The last round only estimates the cameras of the final identity.
+        return jnp.where(k < n_rounds, solved, identity), camera, ok
 
-    identity = jax.lax.fori_loop(0, config.init_iterations, round_, jnp.zeros(system.n_identity, points.dtype))
-    rigid = system.mean + jnp.einsum("lcn,n->lc", system.identity, identity)
-    camera, ok = estimate_weak_perspective(rigid, points, weights)
+    n_frames = points.shape[0]
+    start = (
+        jnp.zeros(system.n_identity, points.dtype),
+        WeakPerspectiveCamera(
+            rotation=jnp.zeros((n_frames, 3), points.dtype),
+            scale=jnp.ones((n_frames,), points.dtype),
+            translation=jnp.zeros((n_frames, 2), points.dtype),
+        ),
+        jnp.zeros((n_frames,), bool),
+    )
+    identity, camera, ok = jax.lax.fori_loop(0, n_rounds + 1, round_, start)
     return identity, camera, ok
 
 
 def _expression_least_squares(system, camera, identity, points, weights, landmark_weight, config):
-    """Per-frame expression given camera and identity (Gram-matrix normal blocks), clipped to the bounds."""
+    """Per-frame expression given camera and identity (Gram-matrix normal blocks), clipped to the bounds.
+
+    Landmarks missing from a usable frame count in the normal matrix with a zero
+    residual (as in the solver): exact for complete frames, slightly shrunk
+    otherwise — a starting point the Gauss–Newton iterations refine.
+    """
     projection, metric = _camera_matrices(camera)
     rigid = system.mean + jnp.einsum("lcn,n->lc", system.identity, identity)
     target = points - camera.translation[:, None, :] - jnp.einsum("fci,li->flc", projection, rigid)
@@ -193,7 +246,7 @@ def initialise(
       system: the model's landmark rows.
       points: ``(F, L, 2)`` landmarks, pixels (finite).
       weights: ``(F, L)`` from :func:`usable_weights`.
-      face_size: ``()`` :func:`face_pixels`.
+      face_size: ``()`` face size in pixels (:func:`usable_weights`).
 
     Returns:
       :class:`fitting.video_solve.VideoParameters`, finite.

@@ -27,38 +27,43 @@ more than one frame with another except the ``n_i × n_i`` identity block:
   residual is zero, their rows stay in the Gram sums). The gradient is exact, so
   the fixed point is the minimiser of the masked energy; the normal matrix is
   only a larger (still positive definite) Gauss–Newton model there.
-* **Temporal terms** couple neighbouring frames. Each step replaces their
-  Hessian by its diagonal majoriser (row sums of absolute values, e.g. 4 for an
-  interior first difference, 16 for a second difference), i.e. one majorised
-  block-Jacobi sweep per Gauss–Newton iteration: the gradient carries the exact
-  coupling, the step keeps the per-frame blocks independent and can only lower
-  the quadratic model. Frames without landmarks are filled in by these terms
-  (starting from a linear interpolation of their neighbours).
-* **Identity.** With the per-frame blocks ``D_f`` (59 × 59 for ICT) factorised
-  once per iteration (one batched Cholesky), the frame unknowns are eliminated
-  exactly given the identity step: the reduced identity system is
-  ``S δi = r`` with ``S = H_ii − Σ_f C_fᵀ D_f⁻¹ C_f`` and
-  ``r = −g_i + Σ_f C_fᵀ D_f⁻¹ g_f``. Their 100-right-hand-side terms (the
-  expensive part) are computed on a fixed-size sample of frames
-  (``schur_samples``, spread evenly over the valid frames and weighted to
-  represent all of them; exact when the video has fewer valid frames), so their
-  cost does not grow with ``F``; they only choose the identity search direction
-  ``S⁻¹ r``. One per-frame solve with three right-hand sides then gives the
-  exact minimiser of the quadratic model over identity steps in the span of
-  that direction and the previous identity step, every frame's unknowns at
-  their exact optimum for it.
+* **Temporal terms** couple neighbouring frames. Each step bounds their
+  Hessian by its diagonal majoriser (row sums of absolute values: 4 for an
+  interior first difference, 16 for a second difference) centred on a
+  per-video constant ``c`` (the *anchor*; the temporal terms ignore constant
+  shifts, so ``½ δzᵀTδz ≤ ½ Σ_f (δz_f − c)ᵀ T_f (δz_f − c)`` for any ``c``). That
+  is one majorised block-Jacobi sweep per Gauss–Newton iteration: the gradient
+  carries the exact coupling, the frames stay independent given the global
+  unknowns, and the step can only lower the quadratic model. Solving for the
+  anchor with the identity keeps the majoriser from slowing moves of all
+  frames together (every frame's scale against the identity's size, the mean
+  expression against the identity). Frames without landmarks are filled in
+  by these terms, starting from a linear interpolation of their neighbours.
+* **Global unknowns** (identity step and anchor, ``n_i + n_e + 6``). With the
+  per-frame blocks ``D_f`` (59 × 59 for ICT) factorised once per iteration (one
+  batched Cholesky), the frame unknowns are eliminated exactly given a global
+  step: the reduced system is ``S δg = r`` with ``S = G − Σ_f B_fᵀ D_f⁻¹ B_f``,
+  ``r = −g_g + Σ_f B_fᵀ D_f⁻¹ g_f`` (``B_f`` the frame's coupling to the
+  globals). Their ``n_i + n_e + 7`` right-hand sides per frame are the
+  expensive part, so they are computed on a fixed-size sample of frames
+  (``schur_samples``, spread evenly over the usable frames and weighted to
+  represent all of them; exact when the video has fewer), and only choose the
+  global search direction ``S⁻¹ r``: the step is the exact minimiser of the
+  quadratic model over global steps in the span of that direction and the
+  previous global step, every frame's unknowns at their exact optimum for it.
 * **Blendshape bounds** ``lower ≤ e ≤ upper`` by projected Newton (Bertsekas):
   coefficients at a bound whose gradient points outwards are held, the others
-  take the Newton step. Coefficients the step pushes past a bound are then put
-  on it and the rest of their frame re-optimised (a rank-``bound_corrections``
-  update of the same factorisation: one more solve), so strongly coupled
-  blendshapes are not simply clipped; anything still outside is clipped.
+  take the Newton step. Of the rest, those the step pushes past a bound are
+  then put on it and their frame re-optimised (a low-rank update of the same
+  factorisation, for up to ``bound_corrections`` candidates per frame — the
+  free coefficients nearest a bound), so strongly coupled blendshapes are not
+  simply clipped; anything still outside is clipped.
 * Each step is accepted with backtracking on the true energy.
 
 Per iteration and frame this is one Cholesky factorisation of a
-``(n_e + 6)²`` block, two triangular-solve pairs with 3 and
-``bound_corrections`` right-hand sides, and matrix products with the shared
-landmark bases; everything else is O(1) in ``F``.
+``(n_e + 6)²`` block, one triangular-solve pair with ``3 + bound_corrections``
+right-hand sides, and matrix products with the shared landmark bases
+(``(F, 3L) × (3L, n_e)`` and the like); everything else is O(1) in ``F``.
 
 Everything is ``jax.numpy`` inside one ``lax.while_loop``: jittable, ``vmap``-able
 over videos, compiled once per (model layout, number of frames).
@@ -88,6 +93,7 @@ __all__ = [
     "video_energy",
     "energy_gradient",
     "frame_blocks",
+    "expression_blocks",
     "gauss_newton",
     "block_preconditioner",
     "POSE_SIZE",
@@ -353,6 +359,31 @@ def video_energy(
 # ---------------------------------------------------------------- linearisation
 
 
+def _skew(v: jax.Array) -> jax.Array:
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    o = jnp.zeros_like(x)
+    return jnp.stack([jnp.stack([o, -z, y], -1), jnp.stack([z, o, -x], -1), jnp.stack([-y, x, o], -1)], -2)
+
+
+def _left_jacobian(rotation: jax.Array) -> jax.Array:
+    """Left Jacobian of SO(3) at axis-angle ``(..., 3)``: ``I + (1 − cos θ)/θ² [ω]× + (θ − sin θ)/θ³ [ω]×²``.
+
+    ``∂R/∂ω_k = [J_l(ω) e_k]× R`` for ``R = exp([ω]×)``: the exact derivative of
+    the axis-angle parameterisation (not a local perturbation), so the temporal
+    terms on ω stay quadratic; written out because ``jacfwd`` of the Rodrigues
+    formula compiles slowly. Series near θ = 0.
+    """
+    theta_squared = jnp.sum(rotation**2, -1)
+    small = theta_squared < 1e-6
+    safe_squared = jnp.where(small, 1.0, theta_squared)
+    theta = jnp.sqrt(safe_squared)
+    first = jnp.where(small, 0.5 - theta_squared / 24.0, (1.0 - jnp.cos(theta)) / safe_squared)
+    second = jnp.where(small, 1.0 / 6.0 - theta_squared / 120.0, (theta - jnp.sin(theta)) / (theta * safe_squared))
+    skew = _skew(rotation)
+    eye = jnp.eye(3, dtype=rotation.dtype)
+    return eye + first[..., None, None] * skew + second[..., None, None] * (skew @ skew)
+
+
 @struct.dataclass
 class _Linearisation:
     """Per-frame quantities at the current parameters (pixels, model units)."""
@@ -360,8 +391,6 @@ class _Linearisation:
     projection: jax.Array  # (F, 2, 3) P_f = s D R[:2]
     view_metric: jax.Array  # (F, 3, 3) M_f = R[:2]ᵀ R[:2] = I − n nᵀ
     pose_jacobian: jax.Array  # (F, L, 2, 6) ∂π/∂pose
-    points: jax.Array  # (F, L, 3) X_fk
-    rotation_derivative: jax.Array  # (F, 4, 3, 3) R[:2]ᵀ ∂R[:2]/∂ω_j (j < 3), then M (log-scale)
     scale_squared: jax.Array  # (F,)
     residual: jax.Array  # (F, L, 2) weighted residual w (π − y), pixels
     face_pixels: jax.Array  # ()
@@ -372,30 +401,25 @@ def _linearise(params, system, points2d, weights, face_pixels) -> _Linearisation
     n_frames = params.expression.shape[0]
     flip = jnp.asarray(_FLIP, dtype)
     rotation = axis_angle_to_matrix(params.rotation)
-    # ∂R/∂ω (F, 3, 3, 3), last axis the axis-angle component: the exact derivative of
-    # the parameterisation, so the temporal terms on ω stay quadratic.
-    d_rotation = jax.vmap(jax.jacfwd(axis_angle_to_matrix))(params.rotation)
     scale = jnp.exp(params.log_scale)
-    points = _landmark_points(params, system)
-    rows = rotation[:, :2]
-    projection = scale[:, None, None] * flip[None, :, None] * rows
-    rotated = _rotate_rows(rows, points) * flip
-    image = scale[:, None, None] * rotated + face_pixels * params.translation[:, None, :]
+    rotated = _rotate_rows(rotation, _landmark_points(params, system))  # Y = R X, (F, L, 3)
+    projection = scale[:, None, None] * flip[None, :, None] * rotation[:, :2]
+    image = scale[:, None, None] * flip * rotated[..., :2] + face_pixels * params.translation[:, None, :]
     residual = weights[..., None] * (image - points2d)
-    # Σ_j ∂R[c, j]/∂ω_k X_j, (F, L, 2, 3): three-term sums, elementwise.
-    d_rotated = jnp.sum(d_rotation[:, None, :2, :, :] * points[:, :, None, :, None], axis=3)
-    d_rotated = d_rotated * (scale[:, None, None, None] * flip[:, None])
-    translation_jacobian = jnp.broadcast_to(face_pixels * jnp.eye(2, dtype=dtype), (n_frames, points.shape[1], 2, 2))
-    pose_jacobian = jnp.concatenate([d_rotated, (scale[:, None, None] * rotated)[..., None], translation_jacobian], -1)
-    view_metric = jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1)
-    rotation_terms = jnp.sum(rows[:, :, :, None, None] * d_rotation[:, :2, None, :, :], 1)  # (F, 3, 3, 3) [i, j, k]
-    rotation_derivative = jnp.concatenate([jnp.moveaxis(rotation_terms, -1, 1), view_metric[:, None]], axis=1)
+    # ∂(R X)/∂ω_k = u_k × (R X) with u_k = J_l(ω) e_k; only the two image rows are needed.
+    u = jnp.swapaxes(_left_jacobian(params.rotation), -1, -2)[:, None]  # (F, 1, k, 3)
+    y = rotated[:, :, None, :]
+    d_x = u[..., 1] * y[..., 2] - u[..., 2] * y[..., 1]
+    d_y = u[..., 2] * y[..., 0] - u[..., 0] * y[..., 2]
+    d_rotated = jnp.stack([d_x, -d_y], 2) * scale[:, None, None, None]  # (F, L, 2, 3), image y flipped
+    translation_jacobian = jnp.broadcast_to(face_pixels * jnp.eye(2, dtype=dtype), (n_frames, rotated.shape[1], 2, 2))
+    scaled = (scale[:, None, None] * flip * rotated[..., :2])[..., None]
+    pose_jacobian = jnp.concatenate([d_rotated, scaled, translation_jacobian], -1)
+    rows = rotation[:, :2]
     return _Linearisation(
         projection=projection,
-        view_metric=view_metric,
+        view_metric=jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1),
         pose_jacobian=pose_jacobian,
-        points=points,
-        rotation_derivative=rotation_derivative,
         scale_squared=scale**2,
         residual=residual,
         face_pixels=jnp.asarray(face_pixels, dtype),
@@ -409,7 +433,7 @@ def _back_project(projection: jax.Array, image: jax.Array) -> jax.Array:
 
 def _gradient(params, system, lin: _Linearisation, exists, landmark_weight, config):
     """Half the energy gradient: identity ``(n_i,)``, frames ``(F, n_e + 6)``."""
-    n_frames = lin.points.shape[0]
+    n_frames = lin.residual.shape[0]
     back = _back_project(lin.projection, lin.residual).reshape(n_frames, -1)  # P_fᵀ r_fk, (F, 3L)
     g_expression = landmark_weight * (back @ _flat(system.expression))
     g_expression += config.expression_prior_weight * exists[:, None] * params.expression
@@ -447,10 +471,10 @@ class _Blocks:
     temporal: jax.Array  # (F, n_z) the temporal diagonal included in ``frames``
 
 
-def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
-    n_frames = lin.points.shape[0]
+def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
+    n_frames = lin.residual.shape[0]
     n_e = system.n_expression
-    dtype = lin.points.dtype
+    dtype = lin.residual.dtype
     has_data = jnp.any(weights > 0, axis=-1).astype(dtype)
     frame_weight = landmark_weight * has_data
     data_scale = frame_weight * lin.scale_squared
@@ -468,10 +492,11 @@ def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weigh
     metric = (data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
     h_ee = (metric @ system.expression_gram.reshape(9, n_e * n_e)).reshape(n_frames, n_e, n_e)
     h_ee = h_ee + diag_e[:, None, None] * jnp.eye(n_e, dtype=dtype)
-    # Expression × (rotation, log-scale): s² Σ_k B_kᵀ Q_c X_fk, one (F·4, 3L) × (3L, n_e) product.
-    transformed = jnp.sum(lin.rotation_derivative[:, :, None, :, :] * lin.points[:, None, :, None, :], -1)
-    transformed = (transformed * system.available[:, None]).reshape(n_frames * 4, -1)
-    h_e_rs = (transformed @ _flat(system.expression)).reshape(n_frames, 4, n_e) * data_scale[:, None, None]
+    # Expression × (rotation, log-scale): Σ_k B_kᵀ P_fᵀ ∂π_k/∂(ω, log s) — back-project the four
+    # pose columns per landmark, then one (F·4, 3L) × (3L, n_e) product with the basis.
+    columns = jnp.moveaxis(lin.pose_jacobian[..., :4], -1, 1) * system.available[:, None]  # (F, 4, L, 2)
+    transformed = jnp.sum(lin.projection[:, None, None, :, :] * columns[..., None], 3).reshape(n_frames * 4, -1)
+    h_e_rs = (transformed @ _flat(system.expression)).reshape(n_frames, 4, n_e) * frame_weight[:, None, None]
     # Expression × translation: face_pixels · (Σ_k B_k)ᵀ P_fᵀ.
     h_e_t = (lin.projection.reshape(n_frames * 2, 3) @ system.expression_sum).reshape(n_frames, 2, n_e)
     h_e_t = h_e_t * (frame_weight * lin.face_pixels)[:, None, None]
@@ -499,23 +524,47 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
     imputed (see the module docstring).
     """
     lin = _linearise(params, system, points, weights, face_pixels)
-    blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, majorise)
+    blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, majorise)
     return blocks.frames, blocks.identity
+
+
+def expression_blocks(params, system, weights, exists, face_pixels, config) -> jax.Array:
+    """``(F, n_e, n_e)`` half the Hessian of the energy in each frame's expression alone.
+
+    Data term from the Gram matrices (``s² Σ_ab M_ab G_ab``), prior, and the
+    diagonal of the temporal terms: the expression normal block with pose,
+    identity and neighbouring frames fixed.
+    """
+    n_e = system.n_expression
+    n_frames = params.expression.shape[0]
+    rows = axis_angle_to_matrix(params.rotation)[:, :2]
+    has_data = jnp.any(weights > 0, axis=-1).astype(rows.dtype)
+    data_scale = _landmark_weight(config, face_pixels) * has_data * jnp.exp(2.0 * params.log_scale)
+    metric = data_scale[:, None, None] * jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1)
+    blocks = (metric.reshape(n_frames, 9) @ system.expression_gram.reshape(9, n_e * n_e)).reshape(n_frames, n_e, n_e)
+    diagonal = (
+        config.expression_prior_weight * exists
+        + temporal_diagonal(exists, config.expression_velocity_weight, config.expression_acceleration_weight, False)
+        + config.damping
+    )
+    return blocks + diagonal[:, None, None] * jnp.eye(n_e, dtype=blocks.dtype)
 
 
 def _cross(system, lin: _Linearisation, blocks: _Blocks, vectors: jax.Array) -> jax.Array:
     """``C_f v`` for identity vectors ``(n_i, k)`` → ``(F, n_e + 6, k)``."""
-    n_frames = lin.points.shape[0]
+    n_frames = lin.residual.shape[0]
+    n_landmarks = system.mean.shape[0]
     k = vectors.shape[-1]
-    offsets = (_flat(system.identity) @ vectors).reshape(-1, 3, k)  # A v, shared by all frames
+    offsets = (_flat(system.identity) @ vectors).reshape(n_landmarks, 3, k)  # A v, shared by all frames
     # Σ_k B_k[a]ᵀ (A v)_k[b], shared: the per-frame part is nine scalars.
     shared = jnp.einsum("lan,lbk->abnk", system.expression, offsets).reshape(9, -1)
     metric = (blocks.data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
     expression = (metric @ shared).reshape(n_frames, -1, k)
-    projected = jnp.sum(lin.projection[:, None, :, :, None] * offsets[None, :, None, :, :], 3)  # (F, L, 2, k)
-    projected = projected * system.available[:, None, None]
-    jacobian = lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE)
-    pose = jnp.einsum("fxp,fxk->fpk", jacobian, projected.reshape(n_frames, -1, k))
+    # P_f (A v)_k for every frame and landmark as one (F·2, 3) × (3, L·k) product.
+    columns = jnp.transpose(offsets * system.available[:, None, None], (1, 0, 2)).reshape(3, -1)
+    projected = (lin.projection.reshape(n_frames * 2, 3) @ columns).reshape(n_frames, 2, n_landmarks, k)
+    projected = jnp.transpose(projected, (0, 2, 1, 3)).reshape(n_frames, -1, k)
+    pose = jnp.einsum("fxp,fxk->fpk", lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE), projected)
     return jnp.concatenate([expression, blocks.frame_weight[:, None, None] * pose], 1)
 
 
@@ -600,47 +649,60 @@ def _spd_factor(matrix: jax.Array) -> jax.Array:
 
 
 def _small_spd_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
-    """Solve a batch of small SPD systems ``(..., k, k) x = (..., k)`` by an unrolled Cholesky.
+    """Solve a batch of small SPD systems ``(..., k, k) x = (..., k)`` by Cholesky in ``fori_loop`` loops.
 
-    For ``k ≤ 8`` written out elementwise: cheaper than ``k``-sized LAPACK calls per frame.
+    For the handful of unknowns of the bound correction: elementwise over the
+    batch, which beats ``k``-sized LAPACK calls per frame and compiles small.
     """
     k = matrix.shape[-1]
-    columns = []
-    for j in range(k):
-        s = matrix[..., j:, j]
-        for p in range(j):
-            s = s - columns[p][..., j - p :] * columns[p][..., j - p : j - p + 1]
-        pivot = jnp.sqrt(jnp.maximum(s[..., :1], 1e-30))
-        columns.append(s / pivot)
-    y = []
-    for j in range(k):
-        value = rhs[..., j]
-        for p in range(j):
-            value = value - columns[p][..., j - p] * y[p]
-        y.append(value / columns[j][..., 0])
-    x = [None] * k
-    for j in reversed(range(k)):
-        value = y[j]
-        for p in range(j + 1, k):
-            value = value - columns[j][..., p - j] * x[p]
-        x[j] = value / columns[j][..., 0]
-    return jnp.stack(x, -1)
+    position = jnp.arange(k)
+
+    def factor_column(j, lower):
+        row = jnp.take(lower, j, axis=-2)  # L[j, :], zero beyond column j
+        s = jnp.take(matrix, j, axis=-1) - jnp.sum(lower * row[..., None, :], -1)
+        pivot = jnp.sqrt(jnp.maximum(jnp.take(s, j, axis=-1), 1e-30))
+        column = jnp.where(position > j, s / pivot[..., None], jnp.where(position == j, pivot[..., None], 0.0))
+        return jnp.where(position == j, column[..., :, None], lower)
+
+    lower = jax.lax.fori_loop(0, k, factor_column, jnp.zeros_like(matrix))
+    diagonal = jnp.diagonal(lower, axis1=-2, axis2=-1)
+
+    def forward(j, y):
+        value = (jnp.take(rhs, j, axis=-1) - jnp.sum(jnp.take(lower, j, axis=-2) * y, -1)) / jnp.take(diagonal, j, axis=-1)
+        return jnp.where(position == j, value[..., None], y)
+
+    def backward(step, x):
+        j = k - 1 - step
+        value = (jnp.take(y, j, axis=-1) - jnp.sum(jnp.take(lower, j, axis=-1) * x, -1)) / jnp.take(diagonal, j, axis=-1)
+        return jnp.where(position == j, value[..., None], x)
+
+    y = jax.lax.fori_loop(0, k, forward, jnp.zeros_like(rhs))
+    return jax.lax.fori_loop(0, k, backward, jnp.zeros_like(rhs))
+
+
+def _factor(blocks: jax.Array) -> jax.Array:
+    """Batched Cholesky factors of SPD blocks ``(F, n, n)``.
+
+    A non-finite factor (a block that is not positive definite in float32) is
+    replaced by the square root of its diagonal: a scaled gradient step for
+    that frame.
+    """
+    n = blocks.shape[-1]
+    # The blocks are assembled symmetric: skip jnp.linalg.cholesky's symmetrisation pass.
+    factor = jax.lax.linalg.cholesky(blocks, symmetrize_input=False)
+    # A failed factorisation is NaN throughout, so its diagonal tells.
+    finite = jnp.all(jnp.isfinite(jnp.diagonal(factor, axis1=-2, axis2=-1)), axis=-1)
+    diagonal = jnp.sqrt(jnp.maximum(jnp.diagonal(blocks, axis1=-2, axis2=-1), 1e-12))[..., None] * jnp.eye(
+        n, dtype=blocks.dtype
+    )
+    return jnp.where(finite[:, None, None], factor, diagonal)
 
 
 def _factor_blocks(frames: jax.Array, free: jax.Array) -> jax.Array:
-    """Cholesky factors of the per-frame blocks with the held coordinates removed.
-
-    Held rows/columns become the identity. A non-finite factor (a block that is
-    not positive definite in float32) is replaced by the square root of the
-    diagonal: a scaled gradient step for that frame.
-    """
+    """Cholesky factors of the per-frame blocks with the held coordinates removed (rows/columns → identity)."""
     n_z = frames.shape[-1]
     eye = jnp.eye(n_z, dtype=frames.dtype)
-    masked = frames * free[:, :, None] * free[:, None, :] + (1.0 - free)[..., None] * eye
-    factor = jnp.linalg.cholesky(masked)
-    finite = jnp.all(jnp.isfinite(factor), axis=(-2, -1))
-    diagonal = jnp.sqrt(jnp.maximum(jnp.diagonal(masked, axis1=-2, axis2=-1), 1e-12))[..., None] * eye
-    return jnp.where(finite[:, None, None], factor, diagonal)
+    return _factor(frames * free[:, :, None] * free[:, None, :] + (1.0 - free)[..., None] * eye)
 
 
 def _active_bounds(expression, gradient_e, system):
@@ -666,6 +728,11 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
     every frame against the identity's size, or the mean expression against
     the identity — and those directions would crawl.
 
+    One Cholesky factorisation and one triangular-solve pair per frame: the
+    right-hand sides are the gradient, the two global directions' couplings and
+    the unit vectors of the ``bound_corrections`` free coefficients nearest a
+    bound (the ones a coupled step pushes out of the box).
+
     Returns:
       ``(identity_step (n_i,), frame_step (F, n_z), global_step (n_i [+ n_z]))``.
     """
@@ -675,7 +742,8 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
     anchor = config.temporal_anchor
     held = _active_bounds(params.expression, g_frames[:, :n_e], system)
     free = jnp.concatenate([~held, jnp.ones((n_frames, POSE_SIZE), bool)], -1).astype(dtype)
-    factor = _factor_blocks(blocks.frames, free)
+    masked = blocks.frames * free[:, :, None] * free[:, None, :] + (1.0 - free)[..., None] * jnp.eye(n_z, dtype=dtype)
+    factor = _factor(masked)
     g_frames = g_frames * free
 
     schur, eliminated = _sampled_schur(
@@ -690,8 +758,15 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
         temporal = blocks.temporal * free
         coupled = coupled - temporal[..., None] * basis[None, n_i:]
         own = own + basis[n_i:].T @ (jnp.sum(blocks.temporal, 0)[:, None] * basis[n_i:])
-    solved = jax.scipy.linalg.cho_solve((factor, True), jnp.concatenate([g_frames[..., None], coupled], -1))
-    frame_part, solved_basis = solved[..., 0], solved[..., 1:]
+    rhs = [g_frames[..., None], coupled]
+    corrections = min(config.bound_corrections, n_e)
+    if corrections > 0:
+        # Candidates: the free coefficients closest to a bound (those the coupled step pushes out).
+        room = jnp.minimum(params.expression - system.lower, system.upper - params.expression)
+        _, candidates = jax.lax.top_k(jnp.where(free[:, :n_e] > 0, -room, -jnp.inf), corrections)
+        rhs.append(jnp.swapaxes(jax.nn.one_hot(candidates, n_z, dtype=dtype), 1, 2))
+    solved = jax.scipy.linalg.cho_solve((factor, True), jnp.concatenate(rhs, -1))
+    frame_part, solved_basis = solved[..., 0], solved[..., 1:3]
     # Exact minimisation over global steps W α, the frames eliminated: (Wᵀ S W) α = Wᵀ r.
     reduced = basis[:n_i].T @ (-g_identity) + jnp.einsum("fzk,fz->k", coupled, frame_part)
     small = own - jnp.einsum("fzk,fzl->kl", coupled, solved_basis)
@@ -700,37 +775,34 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
     coefficients = jnp.linalg.solve(small, reduced)
     global_step = basis @ coefficients
     frame_step = -(frame_part + solved_basis @ coefficients) * free
-
-    if config.bound_corrections > 0 and n_e > 0:
-        frame_step = _bound_correction(params, system, factor, free, frame_step, config.bound_corrections)
+    if corrections > 0:
+        frame_step = _bound_correction(params, system, free, frame_step, candidates, solved[..., 3:])
     return global_step[:n_i], frame_step, global_step
 
 
-def _bound_correction(params, system, factor, free, frame_step, count: int):
-    """Put the coefficients the step pushes furthest past a bound on it and re-optimise their frame.
+def _bound_correction(params, system, free, frame_step, candidates, columns):
+    """Put the candidate coefficients the step pushes past a bound on it and re-optimise their frame.
 
-    With ``E`` selecting up to ``count`` such coordinates per frame and ``t``
-    the move that puts them on the bound, the frame step becomes
-    ``δ + D⁻¹E μ`` with ``(Eᵀ D⁻¹ E) μ = t − Eᵀ δ``: the minimiser of the
-    frame's model with those coordinates fixed (identity step unchanged), from
-    the same factorisation.
+    With ``E`` selecting those coordinates and ``t`` the move that puts them
+    on the bound, the frame step becomes ``δ + D⁻¹E μ`` with
+    ``(Eᵀ D⁻¹ E) μ = t − Eᵀ δ``: the minimiser of the frame's model with those
+    coordinates fixed (global step unchanged). ``columns = D⁻¹ E`` come from
+    the same solve as the step.
+
+    Args:
+      candidates: ``(F, k)`` expression indices; columns: ``(F, n_z, k)``.
     """
     n_e = system.n_expression
-    n_frames, n_z = frame_step.shape
     dtype = frame_step.dtype
-    count = min(count, n_e)
+    count = candidates.shape[-1]
     target = params.expression + frame_step[:, :n_e]
     clipped = jnp.clip(target, system.lower, system.upper)
-    violation = jnp.abs(clipped - target) * free[:, :n_e]
-    amount, index = jax.lax.top_k(violation, count)  # (F, count)
-    used = (amount > 0).astype(dtype)
-    selector = jax.nn.one_hot(index, n_z, dtype=dtype) * used[..., None]  # (F, count, n_z)
-    columns = jax.scipy.linalg.cho_solve((factor, True), jnp.swapaxes(selector, 1, 2))  # D⁻¹ E, (F, n_z, count)
-    gram = jnp.einsum("fcz,fzd->fcd", selector, columns)
+    needed = jnp.take_along_axis(clipped - target, candidates, axis=1)
+    used = ((needed != 0) & (jnp.take_along_axis(free[:, :n_e], candidates, axis=1) > 0)).astype(dtype)
+    gram = jnp.take_along_axis(columns, candidates[:, :, None], axis=1)  # Eᵀ D⁻¹ E, (F, k, k)
     eye = jnp.eye(count, dtype=dtype)
     gram = gram * used[:, :, None] * used[:, None, :] + (1.0 - used)[:, :, None] * eye
-    needed = jnp.take_along_axis(clipped - target, index, axis=1) * used
-    multiplier = _small_spd_solve(gram, needed)
+    multiplier = _small_spd_solve(gram, needed * used)
     corrected = frame_step + jnp.einsum("fzc,fc->fz", columns, multiplier)
     ok = jnp.all(jnp.isfinite(corrected), -1, keepdims=True)
     return jnp.where(ok, corrected, frame_step) * free
@@ -755,7 +827,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
     n_frames = params.expression.shape[0]
     dtype = params.expression.dtype
     lin = _linearise(params, system, points, weights, face_pixels)
-    blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
+    blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
     free = jnp.concatenate([free_expression, jnp.ones((n_frames, POSE_SIZE), dtype)], -1)
     factor = _factor_blocks(blocks.frames, free)
     schur, _ = _sampled_schur(
@@ -834,22 +906,22 @@ def gauss_newton(
         params, current, previous_step, iteration, _ = state
         lin = _linearise(params, system, points, weights, face_pixels)
         g_identity, g_frames = _gradient(params, system, lin, exists, landmark_weight, config)
-        blocks = _blocks(params, system, lin, weights, exists, landmark_weight, config, majorise=True)
+        blocks = _blocks(system, lin, weights, exists, landmark_weight, config, majorise=True)
         identity_step, frame_step, global_step = _newton_step(
             params, system, lin, blocks, g_identity, g_frames, previous_step, config
         )
 
-        def backtrack(search):
+        def search_step(search):
             length, _, tries = search
-            length = 0.5 * length
+            length = jnp.where(tries > 0, 0.5 * length, length)
             return length, energy(_apply_step(params, system, identity_step, frame_step, length)), tries + 1
 
-        def worse(search):
+        def keep_searching(search):
             _, trial, tries = search
-            return ~(trial <= current) & (tries < config.max_backtracks)
+            return (tries == 0) | (~(trial <= current) & (tries <= config.max_backtracks))
 
-        first = energy(_apply_step(params, system, identity_step, frame_step, 1.0))
-        length, trial, _ = jax.lax.while_loop(worse, backtrack, (jnp.asarray(1.0, first.dtype), first, 0))
+        start = (jnp.asarray(1.0, current.dtype), jnp.asarray(jnp.inf, current.dtype), 0)
+        length, trial, _ = jax.lax.while_loop(keep_searching, search_step, start)
         accepted = trial <= current
         candidate = _apply_step(params, system, identity_step, frame_step, length)
         new_params = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), candidate, params)
