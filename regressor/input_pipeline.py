@@ -29,7 +29,10 @@ decode and augment.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Iterator
 
 import cv2
@@ -37,7 +40,7 @@ import grain
 from absl import flags
 import numpy as np
 
-from fitting.shards import ShardDataset, decode_image
+from fitting.shards import METADATA_FILE, ShardDataset, decode_image
 from regressor.configs.default import AugmentationConfig
 
 __all__ = [
@@ -51,9 +54,35 @@ __all__ = [
     "EvalTransform",
     "train_loader",
     "eval_batches",
+    "annotation_shards",
 ]
 
 _BATCH_KEYS = ("image", "expression", "weight", "index")
+
+
+def annotation_shards(annotation_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The shard directories of one split of an annotation-pipeline output folder.
+
+    Reads ``splits.json`` (video ids per split) and returns
+    ``annotation_dir/shards/<video id>`` for each listed video whose shard is
+    complete (a kept video whose frames were all invalid has none).
+
+    Raises:
+      FileNotFoundError: without ``splits.json``; ValueError: for an unknown split.
+    """
+    # Imported here: fitting.annotate pulls in the fitter (JAX), which grain's
+    # worker processes, importing this module, do not need.
+    from fitting.annotate import SHARDS, SPLITS
+
+    root = Path(annotation_dir)
+    splits_file = root / SPLITS
+    if not splits_file.is_file():
+        raise FileNotFoundError(f"annotation_dir: {splits_file} not found (run the annotation pipeline first)")
+    splits = json.loads(splits_file.read_text())
+    if split not in splits:
+        raise ValueError(f"split: {split!r} not in {splits_file} (has {sorted(splits)})")
+    shards = [root / SHARDS / video_id for video_id in splits[split]]
+    return [path for path in shards if (path / METADATA_FILE).is_file()]
 
 
 def resize_matrix(source_size: int, target_size: int) -> np.ndarray:

@@ -69,7 +69,7 @@ from jax.sharding import PartitionSpec as P
 
 from fitting.shards import ShardDataset
 from regressor.configs.default import ModelConfig, OptimizerConfig, TrainConfig, to_dict
-from regressor.input_pipeline import eval_batches, train_loader
+from regressor.input_pipeline import annotation_shards, eval_batches, train_loader
 from regressor.models import ResNetRegressor
 
 __all__ = [
@@ -419,9 +419,16 @@ def load_variables(run: str | os.PathLike, step: int | None = None) -> tuple[dic
 def _prepare_data(config: TrainConfig, workdir: Path) -> tuple[ShardDataset, ShardDataset | None]:
     data = config.data
     train_paths, validation_paths = list(data.train), list(data.validation)
+    if not train_paths and data.annotation_dir:
+        train_paths = [str(p) for p in annotation_shards(data.annotation_dir, data.train_split)]
+        if not validation_paths:
+            validation_paths = [str(p) for p in annotation_shards(data.annotation_dir, data.validation_split)]
+        if not train_paths:
+            raise ValueError(f"config.data.annotation_dir: no {data.train_split!r} shards in {data.annotation_dir}")
     if not train_paths:
         if data.synthetic_train <= 0:
-            raise ValueError("config.data: give training shards (data.train) or a synthetic_train count")
+            raise ValueError("config.data: give training shards (data.train or data.annotation_dir) or a "
+                             "synthetic_train count")
         from regressor.synthetic import load_synthetic_faces, write_synthetic_shards
 
         faces = load_synthetic_faces(data.model_cache_dir)

@@ -97,9 +97,13 @@ class DataConfig:
 
     Attributes:
       train, validation: shard directories or directories of shards
-        (:class:`fitting.shards.ShardDataset`), e.g. the annotation pipeline's
-        ``OUT_DIR/train`` and ``OUT_DIR/validation``.
-      synthetic_train, synthetic_validation: when ``train`` is empty, render this
+        (:class:`fitting.shards.ShardDataset`); when given they win over
+        ``annotation_dir``.
+      annotation_dir: output folder of the annotation pipeline
+        (:func:`fitting.annotate.annotate`): the shards of the videos its
+        ``splits.json`` assigns to ``train_split`` / ``validation_split``.
+      train_split, validation_split: split names in ``splits.json``.
+      synthetic_train, synthetic_validation: with neither ``train`` nor ``annotation_dir``, render this
         many synthetic faces (:mod:`regressor.synthetic`) into
         ``WORKDIR/synthetic/{train,validation}`` first (once; reused on resume).
       synthetic_seed: seed of those renders (validation uses ``seed + 1``).
@@ -111,6 +115,9 @@ class DataConfig:
 
     train: tuple[str, ...] = ()
     validation: tuple[str, ...] = ()
+    annotation_dir: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
     synthetic_train: int = 0
     synthetic_validation: int = 0
     synthetic_seed: int = 0
@@ -192,13 +199,10 @@ class TrainConfig:
 def get_config() -> TrainConfig:
     """The paper's run: ResNet-50, 224×224, n_e = 28, on the annotation pipeline's shards.
 
-    The shard paths are the annotation pipeline's default output folder; point
-    them elsewhere with :func:`override` (``"data.train=..."``).
+    ``data.annotation_dir`` is a placeholder for the annotation output folder;
+    set it with :func:`override` (``"data.annotation_dir=..."``).
     """
-    return TrainConfig(
-        name="default",
-        data=DataConfig(train=("data/shards/train",), validation=("data/shards/validation",)),
-    )
+    return TrainConfig(name="default", data=DataConfig(annotation_dir="data/annotations"))
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig, "augmentation": AugmentationConfig}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import cv2
 import grain
@@ -12,6 +14,7 @@ import pytest
 from fitting.shards import ShardDataset, ShardWriter
 from regressor.configs.default import AugmentationConfig
 from regressor.input_pipeline import (
+    annotation_shards,
     augmentation_matrix,
     eval_batches,
     loss_weights,
@@ -154,3 +157,19 @@ def test_eval_batches_cover_every_frame_once_with_padding(png_shards):
     assert len(halves[0]) == len(halves[1]) == 2
     seen = [np.concatenate([b["index"][b["mask"]] for b in half]).tolist() for half in halves]
     assert seen == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+def test_annotation_output_splits_resolve_to_their_shards(png_shards, tmp_path):
+    data, _ = png_shards
+    source = data.shard_paths[0]
+    for video in ("v0", "v1", "v2"):
+        shutil.copytree(source, tmp_path / "shards" / video)
+    (tmp_path / "shards" / "v3").mkdir()  # a kept video without frames: no complete shard
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ["v0", "v2", "v3"], "validation": ["v1"], "test": []}))
+    assert annotation_shards(tmp_path, "train") == [tmp_path / "shards" / "v0", tmp_path / "shards" / "v2"]
+    assert annotation_shards(tmp_path, "validation") == [tmp_path / "shards" / "v1"]
+    assert len(ShardDataset(annotation_shards(tmp_path, "train"))) == 20
+    with pytest.raises(ValueError, match="not in"):
+        annotation_shards(tmp_path, "holdout")
+    with pytest.raises(FileNotFoundError):
+        annotation_shards(tmp_path / "shards", "train")
