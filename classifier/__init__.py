@@ -1,6 +1,8 @@
 """Emotion recognition from 3D expression vectors.
 
-Planned contents: ECOC with SVM binary learners in JAX, model selection, and an
-emotion prior built from EMFACS action-unit prototypes that needs no labelled
-data. Depends on the packages below it.
+Modules: ``svm`` (binary SVMs in JAX, trained together), ``ecoc`` (error-correcting
+output codes, decoding, calibrated probabilities), ``selection`` (folds and
+Bayesian hyper-parameter search), ``persistence`` (save/load with an expression
+basis id), ``emfacs`` (a label-free prior from EMFACS action-unit prototypes),
+``stress`` (the subject-disjoint stress protocol).
 """

@@ -1,7 +1,10 @@
-"""Landmark-energy fitting of the morphable model to images and whole videos.
+"""Landmark-energy fitting of the morphable model to images and whole videos, and the data pipeline around it.
 
-Planned contents (see the project issues): landmark energies, single-image and
-whole-video solvers, batches of videos across devices, landmark detection
-adapters, tracking and cleaning, template alignment and the pseudo-ground-truth
-annotation pipeline. Depends only on :mod:`morphable`.
+Modules (import by full path, e.g. ``from fitting.image import fit_image``):
+``image`` (single image, every camera model), ``video`` and ``batch`` (whole
+videos, one identity per video, batches across devices), ``detection``,
+``media``, ``tracking``, ``smoothing``, ``pruning``, ``landmark_pipeline``
+(landmarks and video cleaning), ``template`` and ``shards`` (aligned crops and
+training shards), ``annotate`` (the pseudo-ground-truth pipeline).
+Depends only on :mod:`morphable`.
 """

@@ -1,6 +1,7 @@
 """DeepExp3D: a Flax ResNet-50 that regresses the 3D expression vector from an aligned face image.
 
-Planned contents: the model, its input pipeline over annotation shards,
-training with checkpoints, and batched inference. Depends on :mod:`morphable`
-and :mod:`fitting`.
+Modules: ``models`` (ResNet), ``configs`` (run configurations), ``input_pipeline``
+(grain over annotation shards), ``train`` (training, checkpoints, data
+parallelism), ``inference`` (batched prediction), ``synthetic`` (rendered faces
+with exact targets). Depends on :mod:`morphable` and :mod:`fitting`.
 """
