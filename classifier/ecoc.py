@@ -28,7 +28,7 @@ support.
 Features are standardised (mean / population std of the training rows) and the
 statistics are stored in the trained classifier.
 
-Example:
+Examples:
   >>> import jax, numpy as np
   >>> rng = np.random.default_rng(0)
   >>> x = np.concatenate([rng.normal(c, 0.3, (20, 2)) for c in ([0, 0], [3, 0], [0, 3])])
@@ -155,7 +155,7 @@ class TrainedClassifier:
 def one_vs_all_coding(n_classes: int) -> np.ndarray:
     """One-vs-all code: ``(K, K) int8`` with +1 on the diagonal, −1 elsewhere.
 
-    Example:
+    Examples:
       >>> one_vs_all_coding(3).tolist()
       [[1, -1, -1], [-1, 1, -1], [-1, -1, 1]]
     """
@@ -166,7 +166,7 @@ def one_vs_all_coding(n_classes: int) -> np.ndarray:
 def one_vs_one_coding(n_classes: int) -> np.ndarray:
     """One-vs-one code: ``(K, K(K−1)/2) int8``; column (a, b) is +1 on a, −1 on b, 0 elsewhere.
 
-    Example:
+    Examples:
       >>> one_vs_one_coding(3).tolist()
       [[1, 1, 0], [-1, 0, 1], [0, -1, -1]]
     """
@@ -197,7 +197,7 @@ def dense_random_coding(
       seed: NumPy generator seed.
       n_candidates: random matrices compared.
 
-    Example:
+    Examples:
       >>> code = dense_random_coding(4, 6, seed=1)
       >>> code.shape, bool(np.all(np.abs(code) == 1))
       ((4, 6), True)
@@ -255,7 +255,7 @@ def decoding_losses(coding, scores, loss: DecodingLoss = "hinge") -> jax.Array:
       ``(..., K)`` d_k, the mean binary loss over the columns where class k is
       coded ±1; the prediction is the argmin.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> code = jnp.array([[1, 1, 0], [-1, 0, 1], [0, -1, -1]])   # one-vs-one, 3 classes
       >>> int(jnp.argmin(decoding_losses(code, jnp.array([-2.0, 0.5, 3.0]))))
@@ -346,7 +346,7 @@ def encode_labels(labels, class_names: Optional[Sequence[str]] = None) -> tuple[
     Returns:
       ``(indices (n,) int32, class_names)``.
 
-    Example:
+    Examples:
       >>> encode_labels(["sad", "happy", "sad"])
       (array([1, 0, 1], dtype=int32), ('happy', 'sad'))
     """

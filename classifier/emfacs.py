@@ -66,7 +66,7 @@ prototype), per blendshape a left/right asymmetry, plus half-normal background
 activation on every blendshape (fitting noise and non-emotional movement),
 clipped to [0, 1] like ICT weights. Neutral samples are background only.
 
-Example:
+Examples:
   >>> names = ("browDown_L", "browInnerUp_L", "browOuterUp_L", "cheekSquint_L", "eyeWide_L",
   ...          "jawOpen", "mouthFrown_L", "mouthSmile_L", "mouthStretch_L", "noseSneer_L")
   >>> emfacs_prototypes(names)[EMOTIONS.index("happy")].tolist()
@@ -302,7 +302,7 @@ def emfacs_prior_classifier(
     Returns:
       :class:`~classifier.ecoc.TrainedClassifier` with class names :data:`EMOTIONS`.
 
-    Example:
+    Examples:
       >>> from classifier.ecoc import predict_names
       >>> names = ("browDown_L", "browInnerUp_L", "browOuterUp_L", "cheekSquint_L", "eyeWide_L",
       ...          "jawOpen", "mouthFrown_L", "mouthSmile_L", "mouthStretch_L", "noseSneer_L")

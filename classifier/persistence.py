@@ -11,7 +11,7 @@ names, so a classifier trained on ICT blendshape weights refuses features from
 the 28-d orthonormal basis or from another model, instead of silently
 predicting nonsense.
 
-Example:
+Examples:
   >>> import tempfile, pathlib, numpy as np
   >>> from classifier.ecoc import ECOCClassifier, fit, predict
   >>> rng = np.random.default_rng(0)

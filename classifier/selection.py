@@ -23,7 +23,7 @@ The best CV accuracy of a search is an optimistic estimate of the accuracy on
 new data (the folds chose the hyper-parameters); this is also how the paper's
 Table III numbers were produced.
 
-Example:
+Examples:
   >>> import numpy as np
   >>> folds = stratified_kfold(np.repeat([0, 1], 10), 5, seed=0)
   >>> np.bincount(folds).tolist()
@@ -78,7 +78,7 @@ def stratified_kfold(labels, n_folds: int = 10, *, seed: int = 0) -> np.ndarray:
     Returns:
       ``(n,) int32`` fold index of every sample.
 
-    Example:
+    Examples:
       >>> folds = stratified_kfold([0, 0, 0, 1, 1, 1], 3, seed=0)
       >>> sorted(np.bincount(folds).tolist())
       [2, 2, 2]
@@ -261,7 +261,7 @@ def cross_validate(
     Returns:
       :class:`CrossValidationResult`.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> rng = np.random.default_rng(0)
       >>> x = np.concatenate([rng.normal(0, 1, (30, 3)), rng.normal(4, 1, (30, 3))])

@@ -11,7 +11,7 @@ Subject-disjoint folds matter: frames of one subject are strongly correlated,
 so mixing a subject's frames across training and test sets measures
 identification of the person, not of the stress.
 
-Example:
+Examples:
   >>> import numpy as np
   >>> rng = np.random.default_rng(0)
   >>> subjects = np.repeat(np.arange(10), 40)

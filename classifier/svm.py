@@ -49,7 +49,7 @@ scikit-learn wraps, so that it can be checked against it:
     components, its data-dependent basis approximates the kernel better (Yang et
     al., NIPS 2012, "Nyström method vs random Fourier features").
 
-Example:
+Examples:
   >>> import jax, jax.numpy as jnp
   >>> x = jnp.array([[-2.0], [-1.0], [1.0], [2.0]])
   >>> targets = jnp.array([[-1.0, -1.0, 1.0, 1.0]])      # one binary problem
@@ -229,7 +229,7 @@ def rbf_kernel(a: jax.Array, b: jax.Array, gamma) -> jax.Array:
     Returns:
       ``(..., n, m) float32``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> float(rbf_kernel(jnp.zeros((1, 2)), jnp.ones((1, 2)), 0.5)[0, 0])  # exp(-1)
       0.3678...

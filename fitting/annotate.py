@@ -3,9 +3,10 @@
 Per video: detect landmarks → clean them (tracking, spline smoothing, gap
 filling; :mod:`fitting.landmark_pipeline`) → align every kept frame to the
 224×224 template (:mod:`fitting.template`) → fit the whole video
-(:func:`fitting.video.fit_video`: one identity, per-frame expression and camera)
-→ prune implausible identities (‖i‖ above a χ² quantile,
-:mod:`fitting.pruning`) → write one shard per video (:mod:`fitting.shards`).
+(one identity, per-frame expression and camera; many videos at once with
+:func:`fitting.batch.fit_videos`) → prune implausible identities (‖i‖ above a
+χ² quantile, :mod:`fitting.pruning`) → write one shard per video
+(:mod:`fitting.shards`).
 
 Output folder::
 
@@ -20,8 +21,9 @@ Output folder::
 only once its manifest line is written (after its shard was renamed into
 place), and that line is flushed and fsync'ed. A rerun skips the videos in the
 manifest, deletes half-written shard directories and shards without a manifest
-line, and redoes those videos; every step is deterministic, so a killed and
-resumed run produces the same dataset as an uninterrupted one.
+line, and redoes those videos (including any that were prepared and waiting for
+their fit batch when the run stopped); every step is deterministic, so a killed
+and resumed run produces the same dataset as an uninterrupted one.
 
 **Splits.** A video's split is decided by a hash of its subject id (or its video
 id when the subject is unknown) and the seed, so it never depends on which
@@ -29,16 +31,41 @@ other videos exist, were pruned or finished first, and one subject's videos
 always share a split. Proportions are 70/15/15 in expectation (exact for large
 sets, approximate for a handful of videos).
 
-**Parallelism.** Detection, cleaning and cropping (the CPU-heavy part) run in
-worker processes; fitting runs in the main process on the accelerator when there
-is one. For a cluster, ``engine="ray"`` runs the same per-video work as Ray
-tasks (``pip install 'deepexp3d[cluster]'``; ``ray.init(address=...)`` before
-calling :func:`annotate` attaches to an existing cluster).
+**Parallelism and batching.** Detection, cleaning and cropping
+(:func:`prepare_video`, the CPU-heavy part) run per video in worker processes
+(``engine="process"``) or as Ray tasks (``engine="ray"``). Fitting runs in the
+calling process, on all its local devices (the accelerator when there is one):
+prepared videos wait in one queue per length bucket
+(:func:`fitting.batch.bucket_length`), and as soon as a queue holds
+``fit_batch_size`` videos they are fitted together by
+:func:`fitting.batch.fit_videos` (one compiled program per bucket, the batch
+split over the devices); the queues are emptied once every video is prepared.
+Each video of a fitted batch is then written (shard, then manifest line). The
+queued videos hold their encoded crops in memory (≈ 15 KB a frame as JPEG), so
+``fit_batch_size`` × the bucket length bounds that memory per bucket.
+
+**Ray.** ``engine="ray"`` needs ``pip install 'deepexp3d[cluster]'``. When Ray
+is already initialised (``ray.init(...)`` before calling :func:`annotate`) the
+run uses that instance; otherwise it connects to ``ray_address`` (or the
+``RAY_ADDRESS`` environment variable) when one is given, and else starts a
+local instance with ``workers`` CPUs and shuts it down at the end. On a
+cluster, every node needs this package installed and must see the videos under
+the same paths (a shared file system); the calling process fits and writes the
+output.
+
+**Timings.** Every manifest record has ``seconds`` per stage: ``setup``
+(creating the detector, once per worker process), ``decode`` (reading frames,
+both passes), ``detect`` (the detector), ``track`` and ``smooth`` (cleaning),
+``crop`` (warping to the template and encoding), ``fit`` (the video's share of
+its batch's fit, in proportion to its frames; the batch itself is in
+``fit_batch``) and ``write`` (the shard). ``report.json`` sums them over the
+run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -50,8 +77,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 
+from fitting.batch import DEFAULT_BUCKETS, bucket_length, fit_videos
 from fitting.detection import LandmarkDetector
 from fitting.landmark_pipeline import detect_video
 from fitting.media import iterate_video
@@ -60,7 +89,7 @@ from fitting.shards import ShardWriter, camera_to_vector, encode_image, expressi
 from fitting.smoothing import SmoothingConfig
 from fitting.template import Template, align_face, make_template, transform_points, warp_camera
 from fitting.tracking import TrackingConfig
-from fitting.video import VideoFitConfig, fit_video
+from fitting.video import VideoFitConfig, VideoFitResult
 from morphable.model import MorphableModel
 
 __all__ = [
@@ -156,12 +185,14 @@ class PreparedVideo:
       video_id, path: ids.
       status: ``"ok"`` or ``"failed"``; reason: why it failed (``no_face``,
         ``face_lost``, ``unreadable``, ``too_few_frames``, ...); message: details.
-      frame_indices: ``(T,)`` frame numbers processed.
+      frame_indices: ``(T,)`` frame numbers processed (also when the video
+        failed after detection).
       landmarks: ``(T, 68, 2)`` cleaned landmarks, frame pixels (NaN = none).
       valid: ``(T,)`` frames with landmarks.
       crops: encoded 224×224 crops of the valid frames, in order.
       alignment: ``(T, 2, 3)`` frame → crop similarities (NaN for invalid frames).
-      seconds: time per stage.
+      seconds: time per stage, s (``setup``, ``decode``, ``detect``, ``track``,
+        ``smooth``, ``crop``; see the module docs).
     """
 
     video_id: str
@@ -208,7 +239,14 @@ def find_videos(video_dir: str | os.PathLike) -> list[tuple[str, Path]]:
     return found
 
 
+@functools.lru_cache(maxsize=4)
 def _default_detector(upsample: int) -> LandmarkDetector:
+    """One dlib detector per worker process and setting.
+
+    Loading the shape predictor takes seconds, more than a short clip's
+    detection; the detector keeps no state between images, so reusing it does
+    not change any result.
+    """
     from fitting.detection import DlibDetector
 
     return DlibDetector(upsample=upsample)
@@ -221,20 +259,30 @@ def prepare_video(
     template: Template,
     detector: LandmarkDetector | None = None,
 ) -> PreparedVideo:
-    """Detect, clean and crop one video (the part that runs in worker processes).
+    """Detect, clean and crop one video (the part that runs in workers or Ray tasks).
 
     Never raises for a bad video: failures come back as ``status="failed"``.
 
     Args:
       path: the video file; video_id: its id.
       config: the run's settings; template: the alignment template.
-      detector: a landmark detector (default: dlib, created here so that each
-        worker process has its own).
+      detector: a landmark detector (default: dlib, created once per process).
+
+    Returns:
+      :class:`PreparedVideo` with the time of each stage in ``seconds``.
+
+    Raises:
+      ImportError, FileNotFoundError: the default detector cannot be created
+        (dlib or its model file missing): no video could be prepared, so the run
+        stops instead of recording every video as failed.
     """
-    start = time.perf_counter()
     path = str(path)
+    seconds: dict[str, float] = {}
+    if detector is None:
+        started = time.perf_counter()
+        detector = _default_detector(config.detector_upsample)
+        seconds["setup"] = time.perf_counter() - started
     try:
-        detector = detector if detector is not None else _default_detector(config.detector_upsample)
         track = detect_video(
             path,
             detector,
@@ -244,13 +292,15 @@ def prepare_video(
             smoothing=config.smoothing,
         )
     except FileNotFoundError as error:
-        return PreparedVideo(video_id, path, "failed", "missing", str(error))
+        return PreparedVideo(video_id, path, "failed", "missing", str(error), seconds=seconds)
     except Exception as error:  # one bad video must never stop the run
-        return PreparedVideo(video_id, path, "failed", "unreadable", f"{type(error).__name__}: {error}")
-    detect_seconds = time.perf_counter() - start
+        return PreparedVideo(video_id, path, "failed", "unreadable", f"{type(error).__name__}: {error}", seconds=seconds)
+    seconds.update(track.stage_seconds)
+    frame_indices = np.asarray(track.frame_indices, np.int64)
     if track.status != "ok":
         return PreparedVideo(
-            video_id, path, "failed", track.reason or track.status, track.message, seconds={"detect": detect_seconds}
+            video_id, path, "failed", track.reason or track.status, track.message, frame_indices=frame_indices,
+            seconds=seconds,
         )
     valid = np.asarray(track.valid, bool)
     if int(valid.sum()) < config.min_frames:
@@ -260,36 +310,51 @@ def prepare_video(
             "failed",
             "too_few_frames",
             f"{int(valid.sum())} frames with landmarks, fewer than min_frames={config.min_frames}",
-            seconds={"detect": detect_seconds},
+            frame_indices=frame_indices,
+            seconds=seconds,
         )
-    start = time.perf_counter()
     wanted = {int(index): t for t, index in enumerate(track.frame_indices) if valid[t]}
+    last_wanted = max(wanted)
     alignment = np.full((len(valid), 2, 3), np.nan)
     crops: dict[int, np.ndarray] = {}
+    crop_seconds = 0.0
     try:
-        for index, frame in iterate_video(path, stride=config.stride, max_frames=config.max_frames):
+        frames = iterate_video(path, stride=config.stride, max_frames=config.max_frames)
+        while True:
+            before = time.perf_counter()
+            item = next(frames, None)
+            decoded = time.perf_counter()
+            seconds["decode"] += decoded - before
+            if item is None:
+                break
+            index, frame = item
             t = wanted.get(int(index))
-            if t is None:
-                continue
-            crop, matrix = align_face(frame, track.landmarks[t], template)
-            alignment[t] = matrix
-            crops[t] = encode_image(crop, config.image_encoding, quality=config.jpeg_quality)
+            if t is not None:
+                crop, matrix = align_face(frame, track.landmarks[t], template)
+                alignment[t] = matrix
+                crops[t] = encode_image(crop, config.image_encoding, quality=config.jpeg_quality)
+                crop_seconds += time.perf_counter() - decoded
+            if index >= last_wanted:  # nothing later is kept: stop decoding
+                break
     except Exception as error:
-        return PreparedVideo(video_id, path, "failed", "unreadable", f"while cropping: {type(error).__name__}: {error}")
+        return PreparedVideo(
+            video_id, path, "failed", "unreadable", f"while cropping: {type(error).__name__}: {error}",
+            frame_indices=frame_indices, seconds=seconds,
+        )
+    seconds["crop"] = crop_seconds
     missing = [t for t in wanted.values() if t not in crops]
     valid = valid.copy()
     valid[missing] = False  # frames that did not decode the second time round
-    crop_seconds = time.perf_counter() - start
     return PreparedVideo(
         video_id=video_id,
         path=path,
         status="ok",
-        frame_indices=np.asarray(track.frame_indices, np.int64),
+        frame_indices=frame_indices,
         landmarks=np.asarray(track.landmarks, np.float32),
         valid=valid,
         crops=[crops[t] for t in range(len(valid)) if valid[t]],
         alignment=alignment,
-        seconds={"detect": detect_seconds, "crop": crop_seconds},
+        seconds=seconds,
     )
 
 
@@ -341,7 +406,7 @@ def split_of(key: str, seed: int, fractions: Sequence[float] = (0.70, 0.15, 0.15
     A seeded SHA-256 of the id, mapped to [0, 1): stable whatever other videos
     exist.
 
-    Example:
+    Examples:
       >>> split_of("video-1", 0) in ("train", "validation", "test")
       True
     """
@@ -439,34 +504,54 @@ class _ProcessEngine:
 
 
 class _RayEngine:
-    """Ray tasks: attaches to a running cluster if ``ray.init`` was called, else starts a local one."""
+    """Ray tasks, one CPU each, on the running Ray instance, a cluster address, or a local instance.
 
-    def __init__(self, workers: int):
+    Args:
+      workers: CPUs of a local instance started here (``None``: all); also
+        bounds the tasks in flight (default: twice the instance's CPUs).
+      address: a cluster to connect to when Ray is not initialised yet
+        (default ``$RAY_ADDRESS``; none: start a local instance).
+    """
+
+    def __init__(self, workers: int | None, address: str | None):
         try:
             import ray
         except ImportError as error:
             raise ImportError("engine='ray' needs Ray: pip install 'deepexp3d[cluster]'") from error
         self.ray = ray
+        self.started_here = False
         if not ray.is_initialized():
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self.remote = ray.remote(prepare_video)
-        self.workers = workers
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            self.started_here = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.in_flight = 2 * max(workers or cpus, 1)
+        self.remote = ray.remote(num_cpus=1)(prepare_video)
+        self.pending: list = []
 
     def run(self, jobs, config, template) -> Iterator[PreparedVideo]:
         jobs = list(jobs)
-        pending = []
+        config_ref, template_ref = self.ray.put(config), self.ray.put(template)
         cursor = 0
-        while cursor < len(jobs) or pending:
-            while cursor < len(jobs) and len(pending) < 2 * self.workers:
+        # A bounded number of videos in flight, so prepared crops do not pile up in the object store.
+        while cursor < len(jobs) or self.pending:
+            while cursor < len(jobs) and len(self.pending) < self.in_flight:
                 video_id, path = jobs[cursor]
-                pending.append(self.remote.remote(str(path), video_id, config, template))
+                self.pending.append(self.remote.remote(str(path), video_id, config_ref, template_ref))
                 cursor += 1
-            done, pending = self.ray.wait(pending, num_returns=1)
+            done, self.pending = self.ray.wait(self.pending, num_returns=1)
             for ref in done:
                 yield self.ray.get(ref)
 
     def close(self):
-        pass
+        for ref in self.pending:  # a run stopped early leaves nothing running on a shared cluster
+            self.ray.cancel(ref, force=True)
+        self.pending = []
+        if self.started_here:
+            self.ray.shutdown()
 
 
 # ------------------------------------------------------------------ the run
@@ -491,8 +576,61 @@ def _check_settings(out: Path, settings: dict) -> None:
         os.replace(partial, path)
 
 
-def _fit_and_write(
+def _failure_record(prepared: PreparedVideo, subject_id: str, reason: str, message: str) -> dict:
+    record = {
+        "video_id": prepared.video_id,
+        "path": prepared.path,
+        "subject_id": subject_id,
+        "status": "failed",
+        "reason": reason,
+        "message": message,
+        "seconds": dict(prepared.seconds),
+    }
+    if len(prepared.frame_indices):
+        record["frames_processed"] = int(len(prepared.frame_indices))
+    return record
+
+
+def _fit_batch(
+    model: MorphableModel,
+    batch: Sequence[PreparedVideo],
+    config: AnnotateConfig,
+    bucket_sizes: Sequence[int],
+    batch_size: int,
+) -> list[VideoFitResult | Exception]:
+    """Fit prepared videos together; per video its result (NumPy leaves) or the error that stopped it."""
+    try:
+        fits = fit_videos(
+            model,
+            [p.landmarks for p in batch],
+            masks=[p.valid for p in batch],
+            config=config.fit,
+            bucket_sizes=bucket_sizes,
+            batch_size=batch_size,
+        )
+        return list(jax.device_get(fits))
+    except Exception:  # one video broke the batch: fit them one by one to record only that one
+        outcomes: list[VideoFitResult | Exception] = []
+        for prepared in batch:
+            try:
+                fit = fit_videos(
+                    model,
+                    [prepared.landmarks],
+                    masks=[prepared.valid],
+                    config=config.fit,
+                    bucket_sizes=bucket_sizes,
+                    batch_size=batch_size,
+                )[0]
+                outcomes.append(jax.device_get(fit))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+
+def _write_video(
     prepared: PreparedVideo,
+    fit: VideoFitResult,
+    seconds: dict,
     model: MorphableModel,
     config: AnnotateConfig,
     template: Template,
@@ -500,16 +638,11 @@ def _fit_and_write(
     threshold: float,
     subject_id: str,
 ) -> dict:
+    """Prune or write one fitted video's shard; returns its manifest record (without ``fit_batch``)."""
     record = {"video_id": prepared.video_id, "path": prepared.path, "subject_id": subject_id}
-    seconds = dict(prepared.seconds)
-    if prepared.status != "ok":
-        record.update(status="failed", reason=prepared.reason, message=prepared.message, seconds=seconds)
-        return record
-    start = time.perf_counter()
-    fit = fit_video(model, prepared.landmarks, mask=prepared.valid, config=config.fit)
+    seconds = dict(seconds)
     identity = np.asarray(fit.identity)
     expression = np.asarray(fit.expression)
-    seconds["fit"] = time.perf_counter() - start
     norm = float(np.linalg.norm(identity))
     valid = prepared.valid & np.asarray(fit.frame_valid)
     record.update(
@@ -590,6 +723,9 @@ def annotate(
     config: AnnotateConfig = AnnotateConfig(),
     workers: int | None = None,
     engine: str = "process",
+    ray_address: str | None = None,
+    fit_batch_size: int | None = None,
+    fit_buckets: Sequence[int] = DEFAULT_BUCKETS,
     detector: LandmarkDetector | None = None,
     subjects: dict[str, str] | None = None,
     progress: bool = True,
@@ -602,9 +738,18 @@ def annotate(
       out_dir: output folder (created; an existing one is resumed).
       model: the morphable model (default: ICT-FaceKit, face area).
       config: :class:`AnnotateConfig`.
-      workers: worker processes for detection/cropping (default: CPU count;
-        0 runs everything in this process).
-      engine: ``"process"`` (local worker processes) or ``"ray"``.
+      workers: worker processes (``engine="process"``) or CPUs of a local Ray
+        instance for detection/cropping (default: CPU count; 0 runs everything
+        in this process).
+      engine: ``"process"`` (local worker processes) or ``"ray"`` (Ray tasks).
+      ray_address: with ``engine="ray"``, the cluster to connect to when Ray is
+        not initialised yet (e.g. ``"auto"`` or ``"ray://head:10001"``; default
+        ``$RAY_ADDRESS``, else a local instance).
+      fit_batch_size: videos of one length bucket fitted together (default: 8,
+        or the local device count when larger; rounded up to a multiple of it).
+        Results do not depend on it beyond float rounding.
+      fit_buckets: the padded video lengths, frames
+        (:func:`fitting.batch.bucket_length`); one compiled fit per bucket used.
       detector: a landmark detector object; when given, work runs in this
         process (detector objects are not shipped to workers).
       subjects: optional ``{video_id: subject_id}``; splits then keep a
@@ -614,10 +759,22 @@ def annotate(
 
     Returns:
       :class:`AnnotationSummary`; also writes ``splits.json`` and the report.
+
+    Raises:
+      ValueError: unknown ``engine``, bad ``fit_batch_size``, or ``out_dir``
+        annotated with other settings.
     """
     from morphable.io import load_ict
 
     config.validate()
+    if engine not in ("process", "ray"):
+        raise ValueError(f"engine: expected 'process' or 'ray', got {engine!r}")
+    n_devices = jax.local_device_count()
+    batch_size = max(8, n_devices) if fit_batch_size is None else int(fit_batch_size)
+    if batch_size < 1:
+        raise ValueError(f"fit_batch_size: must be positive, got {fit_batch_size!r}")
+    batch_size = -(-batch_size // n_devices) * n_devices  # as fit_videos rounds it
+    bucket_length(1, fit_buckets)  # validates the buckets before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards = out / SHARDS
@@ -642,43 +799,64 @@ def annotate(
             shutil.rmtree(stale)  # renamed shard whose manifest line never got written
     jobs = [(video_id, path) for video_id, path in videos if video_id not in done]
     threshold = identity_norm_threshold(model.n_identity, config.prune_quantile)
-    workers = (os.cpu_count() or 1) if workers is None else workers
     if detector is not None or workers == 0:
         runner = _InlineEngine(detector)
     elif engine == "ray":
-        runner = _RayEngine(workers)
-    elif engine == "process":
-        runner = _ProcessEngine(workers)
+        runner = _RayEngine(workers, ray_address)
     else:
-        raise ValueError(f"engine: expected 'process' or 'ray', got {engine!r}")
+        runner = _ProcessEngine((os.cpu_count() or 1) if workers is None else workers)
 
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(videos), initial=len(videos) - len(jobs), unit="video", desc="annotating")
+
+    def finish(record: dict) -> None:
+        _append_manifest(out, record)
+        if on_video is not None:
+            on_video(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{record['video_id']}: {record['status']}")
+
+    queues: dict[int, list[PreparedVideo]] = {}
+
+    def fit_and_write(length: int) -> None:
+        batch = queues.pop(length, [])
+        if not batch:
+            return
+        started = time.perf_counter()
+        outcomes = _fit_batch(model, batch, config, fit_buckets, batch_size)
+        fit_seconds = time.perf_counter() - started
+        batch_frames = sum(len(p.valid) for p in batch)
+        batch_info = {"videos": len(batch), "bucket": length, "batch_size": batch_size, "seconds": fit_seconds}
+        for prepared, outcome in zip(batch, outcomes):
+            subject = (subjects or {}).get(prepared.video_id, "")
+            seconds = {**prepared.seconds, "fit": fit_seconds * len(prepared.valid) / batch_frames}
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                record = _write_video(prepared, outcome, seconds, model, config, template, shards, threshold, subject)
+            except Exception as error:  # a failure in one video is recorded, never fatal
+                record = _failure_record(prepared, subject, "error", f"{type(error).__name__}: {error}")
+                record["seconds"] = seconds
+            record["fit_batch"] = batch_info
+            finish(record)
+
     start = time.perf_counter()
     try:
         for prepared in runner.run(jobs, config, template):
-            subject = (subjects or {}).get(prepared.video_id, "")
-            try:
-                record = _fit_and_write(prepared, model, config, template, shards, threshold, subject)
-            except Exception as error:  # a failure in one video is recorded, never fatal
-                record = {
-                    "video_id": prepared.video_id,
-                    "path": prepared.path,
-                    "subject_id": subject,
-                    "status": "failed",
-                    "reason": "error",
-                    "message": f"{type(error).__name__}: {error}",
-                    "seconds": dict(prepared.seconds),
-                }
-            _append_manifest(out, record)
-            if on_video is not None:
-                on_video(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{prepared.video_id}: {record['status']}")
+            if prepared.status != "ok":
+                subject = (subjects or {}).get(prepared.video_id, "")
+                finish(_failure_record(prepared, subject, prepared.reason, prepared.message))
+                continue
+            length = bucket_length(len(prepared.valid), fit_buckets)
+            queues.setdefault(length, []).append(prepared)
+            if len(queues[length]) >= batch_size:
+                fit_and_write(length)
+        for length in sorted(queues):
+            fit_and_write(length)
     finally:
         runner.close()
         if bar is not None:

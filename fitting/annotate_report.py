@@ -18,6 +18,17 @@ PAPER_PRUNING = {"tracking": 0.167, "automatic": 0.05, "manual": 0.04}
 def write_report(out_dir: str | os.PathLike, *, seconds: dict | None = None):
     """Summarise ``manifest.jsonl`` into ``report.json``, ``report_identity_norm.png`` and ``report_rmse.png``.
 
+    ``report.json`` holds the counts, reasons and fractions (beside the paper's),
+    frames processed and kept, the identity norms with the pruning threshold,
+    the per-frame RMSE/NME distribution, and the seconds of each pipeline stage
+    summed over all videos (``stage_seconds``; worker and fitting time add up,
+    so the sum exceeds the wall time when workers run in parallel) with each
+    stage's share of that sum (``stage_shares``).
+
+    Args:
+      out_dir: an annotation output folder (with ``manifest.jsonl``).
+      seconds: wall times of this invocation to record (e.g. ``{"run": s}``).
+
     Returns:
       :class:`fitting.annotate.AnnotationSummary`.
     """
@@ -35,6 +46,8 @@ def write_report(out_dir: str | os.PathLike, *, seconds: dict | None = None):
     stage_seconds: Counter = Counter()
     for record in records.values():
         stage_seconds.update(record.get("seconds", {}))
+    busy = sum(stage_seconds.values())
+    frames_processed = int(sum(r.get("frames_processed", 0) for r in records.values()))
     total = max(len(records), 1)
     tracking_failures = sum(n for k, n in reasons.items() if k.startswith("failed:"))
     report = {
@@ -56,7 +69,9 @@ def write_report(out_dir: str | os.PathLike, *, seconds: dict | None = None):
         },
         "rmse_px": _describe(rmse),
         "nme": _describe(nme),
+        "frames_processed": frames_processed,
         "stage_seconds": dict(stage_seconds),
+        "stage_shares": {k: v / busy for k, v in stage_seconds.items()} if busy > 0 else {},
         "run_seconds": seconds or {},
     }
     partial = out / "report.json.part"

@@ -8,7 +8,7 @@ program — ``jit(vmap(fit_video_arrays))`` — serves every batch of a bucket, 
 the fit compiles once per bucket. With several local devices the batch axis is
 sharded over a 1-D device mesh (``NamedSharding``); the model is replicated.
 
-Example:
+Examples:
   >>> import numpy as np, jax.numpy as jnp
   >>> import morphable
   >>> from fitting.batch import fit_videos
@@ -50,7 +50,7 @@ _fit_batch = jax.jit(
 def bucket_length(n_frames: int, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS) -> int:
     """The smallest bucket length ``≥ n_frames``; beyond the last bucket, ×4 steps from it.
 
-    Example:
+    Examples:
       >>> bucket_length(100), bucket_length(5000, (64, 1024))
       (256, 16384)
     """

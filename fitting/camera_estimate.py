@@ -185,7 +185,7 @@ def estimate_weak_perspective(
       fallback: no rotation, the ratio of the 2D to 3D spreads (1 if either is
       zero) as scale, and the 2D centroid as translation.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import morphable
       >>> X = jnp.array([[0., 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])

@@ -80,7 +80,7 @@ def landmark_vertex_table(model: MorphableModel) -> LandmarkVertexTable:
     Raises:
       ValueError: if the model does not have 68 landmark slots (iBUG order).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from morphable import make_model
       >>> m = make_model(np.zeros((5, 3)), np.zeros((5, 3, 1)), np.zeros((5, 3, 0)),
@@ -181,7 +181,7 @@ def contour_correspondences(
       ``(..., 68) int32`` model vertex indices; ``-1`` where a landmark has no
       correspondence (see :func:`match_contour`).
 
-    Example:
+    Examples:
       >>> import numpy as np, jax.numpy as jnp
       >>> from morphable import make_model, WeakPerspectiveCamera
       >>> mean = np.array([[-1.0, 0, 0], [-2.0, 0, 0], [0, -1, 0]])

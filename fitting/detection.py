@@ -74,7 +74,7 @@ class FaceDetection:
     def empty(cls) -> FaceDetection:
         """No face (``K = 0``).
 
-        Example:
+        Examples:
           >>> FaceDetection.empty().n_faces
           0
         """
@@ -101,7 +101,7 @@ class FaceDetection:
         Raises:
           ValueError: naming the argument whose shape is wrong.
 
-        Example:
+        Examples:
           >>> d = FaceDetection.create([[0, 0, 10, 10], [5, 5, 9, 9]], np.zeros((2, 68, 2)), [0.25, 0.75])
           >>> d.scores.tolist(), d.boxes[0].tolist()
           ([0.75, 0.25], [5.0, 5.0, 9.0, 9.0])
@@ -148,7 +148,7 @@ def check_image(image, name: str = "image") -> np.ndarray:
     Raises:
       ValueError: wrong dtype, shape or an empty image.
 
-    Example:
+    Examples:
       >>> check_image(np.zeros((4, 5), np.uint8)).shape
       (4, 5, 3)
     """
@@ -219,7 +219,7 @@ class DlibDetector:
     Raises:
       ImportError: dlib or the model package is missing, naming the extra.
 
-    Example:
+    Examples:
       >>> detector = DlibDetector()  # doctest: +SKIP
       >>> detector.detect(read_image("face.jpg")).landmarks.shape  # doctest: +SKIP
       (1, 68, 2)
@@ -332,7 +332,7 @@ class FaceAlignmentDetector:
       ImportError: ``network`` is ``None`` and face-alignment is not installed.
       ValueError: unknown ``mode``, or a ``network`` without ``get_landmarks_from_image``.
 
-    Example:
+    Examples:
       >>> class Fake:
       ...     def get_landmarks_from_image(self, image, detected_faces=None, return_bboxes=False,
       ...                                  return_landmark_score=False):

@@ -605,7 +605,7 @@ def fit_image(
       ValueError: naming the argument, for wrong shapes or dtypes, negative or
         NaN weights, a model without 68 landmark slots, or an invalid config.
 
-    Example:
+    Examples:
       >>> import numpy as np, jax
       >>> import morphable
       >>> from fitting.image import fit_image

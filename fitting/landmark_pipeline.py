@@ -50,6 +50,10 @@ class VideoLandmarks:
         boxes, face counts), ``None`` when skipped.
       info: :class:`fitting.media.VideoInfo`, ``None`` when the file is unreadable.
       seconds: wall time spent on the video, s.
+      decode_seconds: of which reading and decoding frames (and the container header), s.
+      detect_seconds: of which the detector's calls, s.
+      track_seconds: of which the tracking rules, s.
+      smooth_seconds: of which spline smoothing and gap filling, s.
     """
 
     frame_indices: np.ndarray
@@ -63,11 +67,25 @@ class VideoLandmarks:
     message: str = struct.field(pytree_node=False, default="")
     info: VideoInfo | None = struct.field(pytree_node=False, default=None)
     seconds: float = struct.field(pytree_node=False, default=0.0)
+    decode_seconds: float = struct.field(pytree_node=False, default=0.0)
+    detect_seconds: float = struct.field(pytree_node=False, default=0.0)
+    track_seconds: float = struct.field(pytree_node=False, default=0.0)
+    smooth_seconds: float = struct.field(pytree_node=False, default=0.0)
 
     @property
     def n_frames(self) -> int:
         """Frames processed, ``T``."""
         return int(self.frame_indices.shape[0])
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """``{"decode", "detect", "track", "smooth": seconds}``: where :attr:`seconds` went."""
+        return {
+            "decode": self.decode_seconds,
+            "detect": self.detect_seconds,
+            "track": self.track_seconds,
+            "smooth": self.smooth_seconds,
+        }
 
 
 def _skipped(path, reason: str, message: str, info: VideoInfo | None, seconds: float) -> VideoLandmarks:
@@ -115,7 +133,7 @@ def detect_video(
       FileNotFoundError: the file does not exist.
       fitting.media.MediaError: the file is not a readable video.
 
-    Example:
+    Examples:
       >>> from fitting.detection import DlibDetector
       >>> result = detect_video("clip.mp4", DlibDetector(), stride=2)  # doctest: +SKIP
       >>> result.status, result.landmarks.shape  # doctest: +SKIP
@@ -127,15 +145,36 @@ def detect_video(
     smoothing.validate()
     info = read_video_info(path)
     frame_indices: list[int] = []
+    # Decoding and detection happen inside the generator the tracker pulls from, so
+    # they are timed there; the tracker's own time is what remains of its call.
+    decode_seconds = time.perf_counter() - started
+    detect_seconds = 0.0
 
     def detections() -> Iterator[FaceDetection]:
-        for index, frame in iterate_video(path, stride=stride, max_frames=max_frames):
+        nonlocal decode_seconds, detect_seconds
+        frames = iterate_video(path, stride=stride, max_frames=max_frames)
+        while True:
+            before = time.perf_counter()
+            item = next(frames, None)
+            decoded = time.perf_counter()
+            decode_seconds += decoded - before
+            if item is None:
+                return
+            index, frame = item
             frame_indices.append(index)
-            yield detector.detect(frame)
+            detection = detector.detect(frame)
+            detect_seconds += time.perf_counter() - decoded
+            yield detection
 
+    header_seconds = decode_seconds
+    tracking_started = time.perf_counter()
     track = track_faces(detections(), tracking, stop_early=stop_early)
+    smoothing_started = time.perf_counter()
+    pulled_seconds = (decode_seconds - header_seconds) + detect_seconds
+    track_seconds = max(smoothing_started - tracking_started - pulled_seconds, 0.0)
     frame_rate = (info.fps if info.fps > 0 else _FALLBACK_FPS) / stride
     smoothed = smooth_landmarks(track.landmarks, track.tracked, smoothing, frame_rate=frame_rate)
+    finished = time.perf_counter()
     return VideoLandmarks(
         frame_indices=np.asarray(frame_indices[: track.n_frames], np.int64),
         landmarks=smoothed.landmarks,
@@ -147,7 +186,11 @@ def detect_video(
         reason=track.reason,
         message=track.message,
         info=info,
-        seconds=time.perf_counter() - started,
+        seconds=finished - started,
+        decode_seconds=decode_seconds,
+        detect_seconds=detect_seconds,
+        track_seconds=track_seconds,
+        smooth_seconds=finished - smoothing_started,
     )
 
 
@@ -175,7 +218,7 @@ def detect_videos(
       and any other exception raised while processing a video ``"error"`` (the
       message holds the exception). ``KeyboardInterrupt`` still stops the batch.
 
-    Example:
+    Examples:
       >>> results = detect_videos(["no/such/clip.mp4"], detector=None)
       >>> results[0].status, results[0].reason
       ('skipped', 'missing')
@@ -213,7 +256,7 @@ def summarize(results: Sequence[VideoLandmarks]) -> dict:
       "reasons": {reason: n}, "frames": processed frames, "valid_frames": n}``;
       ``fraction_dropped`` counts dropped among the videos that could be read.
 
-    Example:
+    Examples:
       >>> summarize([])["videos"]
       0
     """

@@ -103,7 +103,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     Raises:
       FileNotFoundError: the file does not exist.
 
-    Example:
+    Examples:
       >>> import tempfile, cv2, numpy as np
       >>> p = tempfile.mkdtemp() + "/a.png"
       >>> _ = cv2.imwrite(p, np.zeros((20, 30), np.uint8))
@@ -154,7 +154,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
       ImageTooLargeError: the image has more than ``max_pixels`` pixels.
       MediaError: the file is empty, truncated, corrupt or not an image.
 
-    Example:
+    Examples:
       >>> import tempfile, cv2, numpy as np
       >>> p = tempfile.mkdtemp() + "/grey.jpg"
       >>> _ = cv2.imwrite(p, np.full((4, 5), 200, np.uint8))
@@ -253,7 +253,7 @@ def read_video_info(path: str | os.PathLike) -> VideoInfo:
       FileNotFoundError: the file does not exist.
       MediaError: the file cannot be opened as a video or holds no decodable frame.
 
-    Example:
+    Examples:
       >>> import tempfile, cv2, numpy as np
       >>> p = tempfile.mkdtemp() + "/v.avi"
       >>> w = cv2.VideoWriter(p, cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
@@ -298,7 +298,7 @@ def iterate_video(
       MediaError: the file cannot be opened as a video or holds no decodable frame.
       ValueError: ``stride < 1`` or ``max_frames < 0``.
 
-    Example:
+    Examples:
       >>> import tempfile, cv2, numpy as np
       >>> p = tempfile.mkdtemp() + "/v.avi"
       >>> w = cv2.VideoWriter(p, cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))

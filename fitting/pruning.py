@@ -72,7 +72,7 @@ def identity_norm_threshold(n_identity: int, quantile: float = 0.999) -> float:
     Returns:
       ``sqrt(chi2.ppf(quantile, n_identity))``, std units.
 
-    Example:
+    Examples:
       >>> round(identity_norm_threshold(1, 0.95), 3)  # the two-sided 95 % z value
       1.96
     """
@@ -110,7 +110,7 @@ def prune_by_identity_norm(
     Raises:
       ValueError: ``identities`` is not 2-D, or ``video_ids`` has the wrong length.
 
-    Example:
+    Examples:
       >>> result = prune_by_identity_norm(np.array([[0.5, -1.0], [9.0, 9.0]]), video_ids=["a", "b"])
       >>> result.keep.tolist(), result.pruned_ids, round(result.threshold, 3)
       ([True, False], ('b',), 3.717)
@@ -136,7 +136,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     Raises:
       FileNotFoundError: naming the file.
 
-    Example:
+    Examples:
       >>> import tempfile
       >>> p = tempfile.mkdtemp() + "/bad.txt"
       >>> _ = open(p, "w").write("# failed fits\\nclip_07  # mouth\\n\\nclip_12\\n")
@@ -164,7 +164,7 @@ def prune_by_id_list(video_ids: Sequence[str], excluded: Iterable[str] | str | o
     Returns:
       :class:`PruningResult`; ``unknown_ids`` lists excluded ids that match no video.
 
-    Example:
+    Examples:
       >>> prune_by_id_list(["a", "b", "c"], ["b", "z"]).keep.tolist()
       [True, False, True]
     """

@@ -22,9 +22,10 @@ def read_pts(path: str | os.PathLike, *, one_based: bool = True) -> np.ndarray:
       ``(K, 2) float32`` landmarks, pixels, origin top-left, y down.
 
     Raises:
-      FileNotFoundError, or ValueError naming the file when it is malformed.
+      FileNotFoundError: the file does not exist.
+      ValueError: the file is malformed (the message names it).
 
-    Example:
+    Examples:
       >>> import tempfile, os
       >>> p = os.path.join(tempfile.mkdtemp(), "a.pts")
       >>> _ = open(p, "w").write("version: 1\\nn_points: 2\\n{\\n1 1\\n10.5 20\\n}")

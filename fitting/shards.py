@@ -101,7 +101,7 @@ def expression_basis_id(model: MorphableModel) -> str:
     basis ``U_exp·σ`` rounded to 1e-4 model units: two bases whose coefficients
     mean different shapes (another model, another SVD sign) get different ids.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from morphable.model import make_model
       >>> m = make_model(np.zeros((3, 3)), np.zeros((3, 3, 1)), np.ones((3, 3, 2)),
@@ -127,7 +127,7 @@ def camera_to_vector(camera) -> np.ndarray:
 def encode_image(image: np.ndarray, encoding: str = "jpeg", *, quality: int = 95) -> np.ndarray:
     """Encode an RGB uint8 image ``(H, W, 3)`` to JPEG/PNG bytes as a ``(B,) uint8`` array.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
       >>> bool((decode_image(encode_image(image, "png")) == image).all())
@@ -191,7 +191,7 @@ class ShardWriter:
       extra: optional JSON-serialisable dict stored in the metadata (e.g. the
         annotation settings).
 
-    Example:
+    Examples:
       >>> import numpy as np, tempfile, pathlib
       >>> root = pathlib.Path(tempfile.mkdtemp())
       >>> with ShardWriter(root / "shard-0", expression_names=["e0"], expression_basis="toy",

@@ -93,7 +93,7 @@ def spline_lambda(cutoff_hz: float, frame_rate: float) -> float:
       λ in frames⁴ for :func:`scipy.interpolate.make_smoothing_spline` with
       abscissae in frames.
 
-    Example:
+    Examples:
       >>> round(spline_lambda(3.0, 30.0) ** -0.25 / (2 * np.pi), 6)  # 0.1 cycles per frame
       0.1
     """
@@ -117,7 +117,7 @@ def valid_runs(valid, max_gap: int) -> list[tuple[int, int]]:
     Returns:
       ``[(start, stop), ...]`` frame ranges, in order.
 
-    Example:
+    Examples:
       >>> valid_runs(np.array([0, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0], bool), max_gap=2)
       [(1, 6), (9, 10)]
     """
@@ -153,7 +153,7 @@ def smooth_landmarks(
     Raises:
       ValueError: wrong shapes.
 
-    Example:
+    Examples:
       >>> t = np.arange(40.0)
       >>> track = np.stack([t, 2 * t], -1)[:, None, :].repeat(68, 1)  # straight-line motion
       >>> track[[10, 11, 30, 31, 32, 33, 34]] = np.nan                # gaps of 2 and 5 frames

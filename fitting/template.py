@@ -160,7 +160,7 @@ def make_template(
       The :class:`Template` (points in crop pixels, origin at the top-left pixel
       centre, y down).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from morphable.model import make_model
       >>> corners = np.array([[-1.0, 1, 0], [1, 1, 0], [1, -1, 0], [-1, -1, 0]])
@@ -225,7 +225,7 @@ def similarity_to_template(landmarks_2d, template: Template, weights=None) -> np
       ValueError: on a wrong shape, negative weights, or fewer than two usable
         points (or all usable points coincident).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> t = Template(points=np.random.default_rng(0).uniform(0, 224, (68, 2)), weights=np.ones(68))
       >>> m = similarity_to_template((t.points - 10.0) / 2.0, t)
@@ -263,7 +263,7 @@ def similarity_to_template(landmarks_2d, template: Template, weights=None) -> np
 def transform_points(points, matrix) -> np.ndarray:
     """Apply a ``(..., 2, 3)`` affine matrix to ``(..., P, 2)`` points (pixels → pixels).
 
-    Example:
+    Examples:
       >>> transform_points([[1.0, 2.0]], [[2.0, 0.0, 1.0], [0.0, 2.0, -1.0]]).tolist()
       [[3.0, 3.0]]
     """
@@ -277,7 +277,7 @@ def transform_points(points, matrix) -> np.ndarray:
 def invert_similarity(matrix) -> np.ndarray:
     """Inverse of a ``(..., 2, 3)`` affine matrix (crop → image for an alignment matrix).
 
-    Example:
+    Examples:
       >>> invert_similarity([[2.0, 0.0, 4.0], [0.0, 2.0, 6.0]]).tolist()
       [[0.5, 0.0, -2.0], [0.0, 0.5, -3.0]]
     """
@@ -289,7 +289,7 @@ def invert_similarity(matrix) -> np.ndarray:
 def compose_similarity(outer, inner) -> np.ndarray:
     """``outer ∘ inner`` for ``(..., 2, 3)`` affine matrices (apply ``inner`` first).
 
-    Example:
+    Examples:
       >>> compose_similarity([[2.0, 0, 0], [0, 2.0, 0]], [[1.0, 0, 1], [0, 1.0, 1]]).tolist()
       [[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]]
     """
@@ -327,7 +327,7 @@ def align_face(
       ``(crop (size, size, 3) uint8, matrix (2, 3) float64)`` with ``matrix``
       mapping image pixels to crop pixels (see :func:`similarity_to_template`).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> t = Template(points=np.random.default_rng(0).uniform(50, 150, (68, 2)), weights=np.ones(68))
       >>> crop, m = align_face(np.zeros((300, 400, 3), np.uint8), t.points + 20.0, t)
@@ -377,7 +377,7 @@ def warp_camera(camera: WeakPerspectiveCamera, matrix) -> WeakPerspectiveCamera:
     Returns:
       The camera in the warped image's pixels (float32 leaves; computed in float64).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> cam = WeakPerspectiveCamera(rotation=jnp.zeros(3), scale=jnp.array(1.0), translation=jnp.zeros(2))
       >>> float(warp_camera(cam, [[2.0, 0.0, 5.0], [0.0, 2.0, 7.0]]).scale)

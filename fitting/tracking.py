@@ -114,7 +114,7 @@ def box_centres(boxes) -> np.ndarray:
     Returns:
       ``(..., 2)`` centres, pixels.
 
-    Example:
+    Examples:
       >>> box_centres(np.array([[0, 0, 10, 20]])).tolist()
       [[5.0, 10.0]]
     """
@@ -152,7 +152,7 @@ def track_step(state: TrackState, detection: FaceDetection, config: TrackingConf
       ``detection`` or ``-1`` when the face is lost in this frame (or the track has
       ended or been dropped).
 
-    Example:
+    Examples:
       >>> face = FaceDetection.create([[0, 0, 10, 10]], np.zeros((1, 68, 2)), [1.0])
       >>> state, chosen = track_step(TrackState(), face, TrackingConfig())
       >>> state.phase, chosen
@@ -291,7 +291,7 @@ def track_faces(
     Returns:
       :class:`TrackResult` over the ``T`` frames consumed.
 
-    Example:
+    Examples:
       >>> def face_at(x):
       ...     return FaceDetection.create([[x, 0, x + 10, 10]], np.zeros((1, 68, 2)), [1.0])
       >>> frames = [face_at(0), face_at(2), face_at(40), face_at(4)]  # frame 2 jumps away

@@ -13,7 +13,7 @@ Composition (one file per step):
 * this module — configuration, result, :func:`fit_video` and its implicit
   gradient.
 
-Example:
+Examples:
   >>> import numpy as np, jax.numpy as jnp
   >>> import morphable
   >>> from fitting.video import fit_video, VideoFitConfig

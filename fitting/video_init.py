@@ -102,7 +102,7 @@ def affine_scale(points3d: jax.Array, points2d: jax.Array, weights: jax.Array) -
       points3d: ``(L, 3)`` model points; points2d: ``(F, L, 2)`` pixels;
       weights: ``(F, L)`` non-negative, 0 = missing.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> X = jnp.array([[0., 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])
       >>> round(float(affine_scale(X, 3.0 * X[None, :, :2], jnp.ones((1, 5)))[0]), 4)
@@ -133,7 +133,7 @@ def fill_gaps(values: jax.Array, valid: jax.Array) -> jax.Array:
     Frames before the first / after the last valid frame hold its value; with no
     valid frame the values are returned unchanged.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> fill_gaps(jnp.array([0.0, 9.0, 2.0, 9.0]), jnp.array([True, False, True, False])).tolist()
       [0.0, 1.0, 2.0, 2.0]

@@ -4,7 +4,7 @@ Shape evaluation (:func:`shape`, :func:`landmarks`), sampling, cameras and
 rotations, model editing and model I/O (ICT-FaceKit, eos/SFM, BFM, FLAME, LSFM,
 native ``.npz``).
 
-Example:
+Examples:
   >>> import numpy as np, jax.numpy as jnp
   >>> import morphable
   >>> m = morphable.make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 1)),

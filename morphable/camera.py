@@ -142,7 +142,7 @@ def project(camera: Camera, points: jax.Array) -> jax.Array:
       ``(..., P, 2)`` pixels. For a perspective camera, points at or behind the
       camera are projected as if at a tiny positive depth (finite, never NaN).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> cam = WeakPerspectiveCamera(rotation=jnp.zeros(3), scale=jnp.array(2.0),
       ...                             translation=jnp.array([100.0, 50.0]))

@@ -74,7 +74,7 @@ def replace_expression_basis(
       kind: ``"pca"`` (Gaussian prior, unbounded) or ``"blendshape"`` (bounded).
       lower, upper: coefficient bounds (defaults per kind, see :func:`make_model`).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> m = make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 1)),
       ...                triangles=[[0, 1, 2]], landmark_indices=[0])
@@ -165,7 +165,7 @@ def restrict(model: MorphableModel, vertex_indices, *, name: str | None = None) 
     Raises:
       ValueError: on out-of-range or repeated indices, or a dropped landmark.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> m = make_model(np.arange(12.0).reshape(4, 3), np.zeros((4, 3, 1)), np.zeros((4, 3, 0)),
       ...                triangles=[[0, 1, 2], [1, 2, 3]], landmark_indices=[3])
@@ -231,7 +231,7 @@ def pca_model_from_meshes(
       meshes: ``(M, N, 3)`` registered meshes in correspondence.
       n_components: number of components kept, ``≤ min(M − 1, 3N)``.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> meshes = np.random.default_rng(0).normal(size=(10, 4, 3))
       >>> pca_model_from_meshes(meshes, 3, triangles=[[0, 1, 2]], landmark_indices=[0]).n_identity
@@ -323,7 +323,7 @@ def orthonormal_expression_basis(
       ``(new_model, mapping)`` — the model with the orthonormal basis
       (kind ``"pca"``, names ``pc0``…) and the :class:`BlendshapeMapping`.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> rng = np.random.default_rng(0)
       >>> m = make_model(np.zeros((20, 3)), np.zeros((20, 3, 1)), rng.normal(size=(20, 3, 6)),

@@ -194,7 +194,7 @@ def make_model(
     Raises:
       ValueError: on inconsistent shapes, non-finite values or out-of-range indices.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> m = make_model(np.zeros((4, 3)), np.ones((4, 3, 2)), np.ones((4, 3, 1)),
       ...                triangles=[[0, 1, 2], [1, 2, 3]], landmark_indices=[0, 3])
@@ -283,7 +283,7 @@ def make_model(
 def landmark_mask(model: MorphableModel) -> np.ndarray:
     """``(L,) bool``: which landmarks have a fixed model vertex.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> m = make_model(np.zeros((3, 3)), np.zeros((3, 3, 1)), np.zeros((3, 3, 0)),
       ...                triangles=[[0, 1, 2]], landmark_indices=[2, -1])
@@ -334,7 +334,7 @@ def shape(model: MorphableModel, identity, expression) -> jax.Array:
     Returns:
       ``(..., N, 3) float32`` vertices, model units.
 
-    Example:
+    Examples:
       >>> import numpy as np, jax.numpy as jnp
       >>> m = make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 1)),
       ...                triangles=[[0, 1, 2]], landmark_indices=[0])
@@ -390,7 +390,7 @@ def landmarks(model: MorphableModel, identity, expression) -> jax.Array:
     Returns:
       ``(..., L, 3)`` landmark positions, model units.
 
-    Example:
+    Examples:
       >>> import numpy as np, jax.numpy as jnp
       >>> m = make_model(np.arange(9.0).reshape(3, 3), np.zeros((3, 3, 1)), np.zeros((3, 3, 0)),
       ...                triangles=[[0, 1, 2]], landmark_indices=[2, 0])
@@ -431,7 +431,7 @@ def sample(
     Returns:
       ``(identity (*batch_shape, n_i), expression (*batch_shape, n_e))``.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np
       >>> m = make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 4)),
       ...                triangles=[[0, 1, 2]], landmark_indices=[0], expression_kind="blendshape")

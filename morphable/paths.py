@@ -22,7 +22,7 @@ CACHE_ENV = "DEEPEXP3D_CACHE"
 def data_dir() -> Path:
     """The shared data folder (may not exist; callers check the files they need).
 
-    Example:
+    Examples:
       >>> isinstance(data_dir(), Path)
       True
     """

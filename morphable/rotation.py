@@ -58,7 +58,7 @@ def axis_angle_to_matrix(rotation: jax.Array) -> jax.Array:
     Returns:
       ``(..., 3, 3)`` rotation matrix.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> R = axis_angle_to_matrix(jnp.array([0.0, 0.0, jnp.pi / 2]))
       >>> jnp.allclose(R @ jnp.array([1.0, 0.0, 0.0]), jnp.array([0.0, 1.0, 0.0]), atol=1e-6).item()
@@ -82,7 +82,7 @@ def axis_angle_to_matrix(rotation: jax.Array) -> jax.Array:
 def axis_angle_to_quaternion(rotation: jax.Array) -> jax.Array:
     """``(..., 3)`` axis-angle → ``(..., 4)`` unit quaternion ``(w, x, y, z)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> axis_angle_to_quaternion(jnp.zeros(3)).tolist()
       [1.0, 0.0, 0.0, 0.0]
@@ -99,7 +99,7 @@ def axis_angle_to_quaternion(rotation: jax.Array) -> jax.Array:
 def quaternion_to_axis_angle(quaternion: jax.Array) -> jax.Array:
     """``(..., 4)`` quaternion ``(w, x, y, z)`` (any norm) → ``(..., 3)`` axis-angle with angle in [0, π].
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> q = axis_angle_to_quaternion(jnp.array([0.1, -0.2, 0.3]))
       >>> jnp.allclose(quaternion_to_axis_angle(q), jnp.array([0.1, -0.2, 0.3]), atol=1e-6).item()
@@ -120,7 +120,7 @@ def quaternion_to_axis_angle(quaternion: jax.Array) -> jax.Array:
 def quaternion_to_matrix(quaternion: jax.Array) -> jax.Array:
     """``(..., 4)`` quaternion ``(w, x, y, z)`` → ``(..., 3, 3)`` rotation matrix.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> quaternion_to_matrix(jnp.array([1.0, 0, 0, 0])).tolist()
       [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -141,7 +141,7 @@ def matrix_to_quaternion(matrix: jax.Array) -> jax.Array:
 
     Uses the numerically stable branch (largest diagonal term) of Shepperd's method.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> matrix_to_quaternion(jnp.eye(3)).tolist()
       [1.0, 0.0, 0.0, 0.0]
@@ -171,7 +171,7 @@ def matrix_to_quaternion(matrix: jax.Array) -> jax.Array:
 def matrix_to_axis_angle(matrix: jax.Array) -> jax.Array:
     """``(..., 3, 3)`` rotation matrix → ``(..., 3)`` axis-angle, angle in [0, π].
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> r = jnp.array([0.3, 0.2, -0.1])
       >>> jnp.allclose(matrix_to_axis_angle(axis_angle_to_matrix(r)), r, atol=1e-5).item()
@@ -198,7 +198,7 @@ def _rot_z(a):
 def euler_to_matrix(yaw_pitch_roll_degrees: jax.Array) -> jax.Array:
     """``(..., 3)`` (yaw, pitch, roll) in degrees → ``(..., 3, 3)``, ``R = R_y(yaw) R_x(pitch) R_z(roll)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> R = euler_to_matrix(jnp.array([90.0, 0.0, 0.0]))
       >>> jnp.allclose(R @ jnp.array([0.0, 0.0, 1.0]), jnp.array([1.0, 0.0, 0.0]), atol=1e-6).item()
@@ -213,7 +213,7 @@ def matrix_to_euler(matrix: jax.Array) -> jax.Array:
 
     Inverse of :func:`euler_to_matrix` away from pitch = ±90° (gimbal lock).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> a = jnp.array([20.0, -10.0, 5.0])
       >>> jnp.allclose(matrix_to_euler(euler_to_matrix(a)), a, atol=1e-4).item()

@@ -2,6 +2,8 @@
 
 Modules: ``models`` (ResNet), ``configs`` (run configurations), ``input_pipeline``
 (grain over annotation shards), ``train`` (training, checkpoints, data
-parallelism), ``inference`` (batched prediction), ``synthetic`` (rendered faces
-with exact targets). Depends on :mod:`morphable` and :mod:`fitting`.
+parallelism), ``cli_train`` (runs from a config name or file), ``imagenet``
+(torchvision/timm ImageNet weights as initialisation), ``inference`` (batched
+prediction), ``synthetic`` (rendered faces with exact targets). Depends on
+:mod:`morphable` and :mod:`fitting`.
 """

@@ -27,7 +27,7 @@ def load_config(path_or_name: str | os.PathLike, overrides: Mapping[str, object]
     Raises:
       ValueError: for an unknown name, or a file without ``get_config``.
 
-    Example:
+    Examples:
       >>> load_config("tiny", {"steps": 3}).steps
       3
     """

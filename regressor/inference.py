@@ -42,7 +42,7 @@ class Predictor:
       expression_names: names of the outputs (for reports).
       batch_size: largest batch run at once.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, numpy as np
       >>> from regressor.models import ResNetRegressor
       >>> model = ResNetRegressor(n_outputs=3, stage_sizes=(1,), num_filters=4)

@@ -91,7 +91,7 @@ def resize_matrix(source_size: int, target_size: int) -> np.ndarray:
     Pixel *areas* are matched (the edges of the two images coincide, as in
     ``cv2.resize``): ``x_t = (x_s + 0.5)·target/source − 0.5``.
 
-    Example:
+    Examples:
       >>> resize_matrix(224, 112).tolist()
       [[0.5, 0.0, -0.25], [0.0, 0.5, -0.25]]
     """
@@ -146,7 +146,7 @@ def loss_weights(uncertainty: np.ndarray, floor: float | None) -> np.ndarray:
     not (``u ≫ floor``) weighs ``(floor/u)²`` — the inverse-variance weighting
     of the pseudo-label noise, capped at 1.
 
-    Example:
+    Examples:
       >>> [round(float(w), 3) for w in loss_weights(np.array([0.0, 0.1, 0.3]), 0.1)]
       [1.0, 0.5, 0.1]
     """

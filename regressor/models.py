@@ -1,12 +1,16 @@
 """DeepExp3D's network: a Flax (linen) ResNet-50 with an ``n_e``-way linear regression head.
 
-The architecture is the flax ``examples/imagenet`` ResNet (itself torchvision's
-ResNet-50 "v1.5": the stride of a downsampling bottleneck sits on its 3×3
-convolution), with the 1000-way classifier replaced by a linear layer of
-``n_e`` outputs (paper §III-C: 28). With the standard stages (3, 4, 6, 3) and 64
-base filters it has 25,557,032 parameters with a 1000-way head — exactly
-torchvision's ``resnet50`` — and 23,565,404 with a 28-way head (the head
-shrinks from 2048·1000 + 1000 to 2048·28 + 28). Batch-norm running statistics
+The architecture is torchvision's ResNet-50 "v1.5" (the stride of a
+downsampling bottleneck sits on its 3×3 convolution), written as the flax
+``examples/imagenet`` ResNet but with torchvision's symmetric padding of the
+strided 3×3 convolutions and of the max-pool (flax's example pads them
+``"SAME"``, i.e. (0, 1) on even inputs), so that torchvision/timm ImageNet
+weights (:mod:`regressor.imagenet`) reproduce torchvision's outputs. The
+1000-way classifier is replaced by a linear layer of ``n_e`` outputs (paper
+§III-C: 28). With the standard stages (3, 4, 6, 3) and 64 base filters it has
+25,557,032 parameters with a 1000-way head — exactly torchvision's
+``resnet50`` — and 23,565,404 with a 28-way head (the head shrinks from
+2048·1000 + 1000 to 2048·28 + 28). Batch-norm running statistics
 are in the ``batch_stats`` collection, not counted as parameters (torchvision's
 buffers are not either).
 
@@ -66,7 +70,9 @@ class BottleneckBlock(nn.Module):
         residual = x
         y = self.conv(self.filters, (1, 1))(x)
         y = self.activation(self.norm()(y))
-        y = self.conv(self.filters, (3, 3), self.strides)(y)
+        # Symmetric padding, as torchvision: "SAME" would pad a strided 3×3 convolution
+        # of an even-sized input by (0, 1), shifting every window by a pixel.
+        y = self.conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)
         y = self.activation(self.norm()(y))
         y = self.conv(self.filters * 4, (1, 1))(y)
         # Zero-initialised last scale: each block starts as the identity, which
@@ -116,7 +122,8 @@ class ResNetRegressor(nn.Module):
         )
         x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
         x = nn.relu(norm(name="bn_init")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        # Symmetric (−∞) padding, as torchvision's MaxPool2d(3, 2, padding=1); see BottleneckBlock.
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, block_count in enumerate(self.stage_sizes):
             for j in range(block_count):
                 strides = (2, 2) if i > 0 and j == 0 else (1, 1)
@@ -138,7 +145,7 @@ def resnet50_regressor(n_outputs: int = 28, *, dtype=jnp.float32, head_bias=None
       dtype: trunk computation dtype.
       head_bias: optional ``(n_outputs,)`` initial head bias.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> model = resnet50_regressor(28)
       >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))

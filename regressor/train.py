@@ -17,6 +17,11 @@ per-coefficient weights of :func:`regressor.input_pipeline.loss_weights`.
 **Optimiser.** optax AdamW or SGD + Nesterov momentum with linear warm-up and
 cosine decay, decoupled weight decay on kernels only, global-norm clipping.
 
+**Initialisation.** Random (the head's bias at the training targets' mean),
+another run's checkpoint (``init_checkpoint``, fine-tuning) or a
+torchvision/timm ImageNet ResNet (``init_imagenet``, :mod:`regressor.imagenet`);
+see :func:`initial_variables`.
+
 **Resumption.** Every ``checkpoint_every`` steps orbax saves the full train
 state (step, parameters, batch statistics, optimiser state) and the grain
 iterator's position. Saves are atomic (orbax writes a temporary directory and
@@ -86,6 +91,7 @@ __all__ = [
     "shard_batch",
     "evaluate",
     "load_variables",
+    "initial_variables",
     "flatten_parameters",
     "train",
 ]
@@ -416,6 +422,46 @@ def load_variables(run: str | os.PathLike, step: int | None = None) -> tuple[dic
     return jax.tree_util.tree_map(np.asarray, variables), step
 
 
+def _check_init(config: TrainConfig) -> None:
+    if config.init_checkpoint and config.init_imagenet:
+        raise ValueError("config: init_checkpoint and init_imagenet are exclusive; set at most one")
+
+
+def initial_variables(config: TrainConfig, *, head_bias=None) -> dict | None:
+    """The ``{"params", "batch_stats"}`` a fresh run starts from, or None for a random initialisation.
+
+    ``config.init_checkpoint`` (fine-tuning) gives another run's variables as
+    they are; ``config.init_imagenet`` gives a converted torchvision/timm ResNet
+    (:func:`regressor.imagenet.imagenet_variables`) whose head, unless the
+    checkpoint's classifier fits it, is the model's initial head with
+    ``head_bias`` as its bias.
+
+    Args:
+      config: the run config.
+      head_bias: optional ``(n_e,)`` initial head bias (e.g. the training targets' mean).
+
+    Raises:
+      ValueError: both sources set, or weights that do not fit ``config.model``.
+    """
+    _check_init(config)
+    if config.init_checkpoint:
+        variables, step = load_variables(config.init_checkpoint)
+        logger.info("fine-tuning from %s (step %d)", config.init_checkpoint, step)
+        return variables
+    if config.init_imagenet:
+        from regressor.imagenet import imagenet_variables
+
+        converted = imagenet_variables(config.init_imagenet, create_model(config.model))
+        variables = converted.variables
+        if not converted.head_converted and head_bias is not None:
+            head = {**variables["params"]["head"], "bias": np.asarray(head_bias, np.float32)}
+            variables = {**variables, "params": {**variables["params"], "head": head}}
+        logger.info("initialised the trunk from %s (head %s)", config.init_imagenet,
+                    "converted" if converted.head_converted else "new")
+        return variables
+    return None
+
+
 def _prepare_data(config: TrainConfig, workdir: Path) -> tuple[ShardDataset, ShardDataset | None]:
     data = config.data
     train_paths, validation_paths = list(data.train), list(data.validation)
@@ -483,6 +529,7 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or make_mesh()
     _check_batch(config, mesh.size)
+    _check_init(config)
     config_file = workdir / "config.json"
     if config_file.exists() and json.loads(config_file.read_text()) != json.loads(json.dumps(to_dict(config))):
         logger.warning("%s: the config differs from the one this run started with; continuing with the new one",
@@ -502,13 +549,12 @@ def train(
     # Targets' mean: the head's initial bias and the predict-the-mean baseline.
     target_mean = train_set.column_mean("expression")
 
-    init_variables = None
-    if config.init_checkpoint:
-        init_variables, init_step = load_variables(config.init_checkpoint)
-        logger.info("fine-tuning from %s (step %d)", config.init_checkpoint, init_step)
-    state = create_train_state(config, config.seed, mesh,
-                               head_bias=target_mean if config.head_bias_from_data else None,
-                               variables=init_variables)
+    manager = _checkpoint_manager(workdir, config)
+    resumed_from = manager.latest_step()
+    head_bias = target_mean if config.head_bias_from_data else None
+    # A resumed run restores everything from its checkpoint: the initial weights are not read again.
+    init_variables = None if resumed_from is not None else initial_variables(config, head_bias=head_bias)
+    state = create_train_state(config, config.seed, mesh, head_bias=head_bias, variables=init_variables)
 
     loader = train_loader(
         train_set,
@@ -521,8 +567,6 @@ def train(
         worker_buffer_size=config.data.worker_buffer_size,
     )
     iterator = iter(loader)
-    manager = _checkpoint_manager(workdir, config)
-    resumed_from = manager.latest_step()
     if resumed_from is not None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         restored = manager.restore(

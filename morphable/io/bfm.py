@@ -186,7 +186,7 @@ def load_bfm2009(path: str | os.PathLike, *, landmark_indices=None, n_identity: 
         the wrong shape, or an index is out of range (the message names the
         file, key or argument).
 
-    Example:
+    Examples:
       >>> model = load_bfm2009("PublicMM1/01_MorphableModel.mat", n_identity=80)  # doctest: +SKIP
       >>> model.n_vertices, model.n_identity, model.units  # doctest: +SKIP
       (53490, 80, 'mm')
@@ -332,7 +332,7 @@ def load_bfm2017(
       ValueError: not an HDF5 file, a required dataset is missing or malformed,
         an unsupported format version, or an index out of range.
 
-    Example:
+    Examples:
       >>> model = load_bfm2017("model2017-1_bfm_nomouth.h5", n_expression=50)  # doctest: +SKIP
       >>> model.n_identity, model.n_expression, model.units  # doctest: +SKIP
       (199, 50, 'mm')

@@ -183,7 +183,7 @@ class LandmarkMapping:
         Raises:
           ValueError: if a mapped id is outside ``1..n_landmarks``.
 
-        Example:
+        Examples:
           >>> LandmarkMapping({2: 7}).landmark_indices(3)
           (-1, 7, -1)
         """
@@ -372,7 +372,7 @@ def read_eos_model(path) -> EosModelData:
         has an unsupported class version, inconsistent sizes, out-of-range
         triangle indices or trailing bytes (e.g. a text file or a ``.npz``).
 
-    Example:
+    Examples:
       >>> from morphable.paths import data_dir
       >>> sfm = read_eos_model(data_dir() / "eos-sfm" / "sfm_shape_3448.bin")  # doctest: +SKIP
       >>> sfm.mean.shape, sfm.orthonormal_basis.shape, sfm.triangles.shape  # doctest: +SKIP
@@ -469,7 +469,7 @@ def read_eos_blendshapes(path) -> tuple[list[str], np.ndarray]:
       ValueError: naming the file and field, if it is truncated, the
         blendshapes disagree in size, or bytes are left over.
 
-    Example:
+    Examples:
       >>> from morphable.paths import data_dir
       >>> names, d = read_eos_blendshapes(data_dir() / "eos-sfm" / "expression_blendshapes_3448.bin")  # doctest: +SKIP
       >>> names[:2], d.shape  # doctest: +SKIP
@@ -510,7 +510,7 @@ def read_ibug_mapping(path) -> LandmarkMapping:
       ValueError: naming the file, if it is not TOML, lacks
         ``landmark_mappings``, or holds non-integer or negative ids/indices.
 
-    Example:
+    Examples:
       >>> from morphable.paths import data_dir
       >>> m = read_ibug_mapping(data_dir() / "eos-sfm" / "ibug_to_sfm.txt")  # doctest: +SKIP
       >>> m.vertex_for_landmark[31], len(m.vertex_for_landmark)  # doctest: +SKIP
@@ -556,7 +556,7 @@ def read_model_contours(path) -> tuple[tuple[int, ...], tuple[int, ...]]:
       FileNotFoundError: if ``path`` does not exist.
       ValueError: naming the file, if it is not such JSON.
 
-    Example:
+    Examples:
       >>> from morphable.paths import data_dir
       >>> right, left = read_model_contours(data_dir() / "eos-sfm" / "sfm_model_contours.json")  # doctest: +SKIP
       >>> len(right), right[0], left[0]  # doctest: +SKIP
@@ -614,7 +614,7 @@ def eos_to_morphable_model(
       ValueError: if ``blendshapes`` is given and the file has its own
         expression model, on negative eigenvalues, or on mismatched sizes.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> data = EosModelData(np.zeros((3, 3), np.float32), np.ones((3, 3, 2), np.float32),
       ...                     np.array([4.0, 1.0], np.float32), np.array([[0, 1, 2]], np.int32))
@@ -697,7 +697,7 @@ def load_sfm(directory=None, *, blendshapes: bool = True) -> MorphableModel:
       ValueError: naming the file, if one is malformed or references a vertex
         outside the model.
 
-    Example:
+    Examples:
       >>> m = load_sfm()  # doctest: +SKIP
       >>> m.n_vertices, m.n_identity, m.n_expression  # doctest: +SKIP
       (3448, 63, 6)

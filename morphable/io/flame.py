@@ -241,7 +241,7 @@ def load_flame(
       ValueError: not a pickle, a required key is missing or malformed, or an
         index or count is out of range.
 
-    Example:
+    Examples:
       >>> model = load_flame("FLAME2020/generic_model.pkl", n_shape=100, n_expression=50)  # doctest: +SKIP
       >>> model.n_vertices, model.n_identity, model.n_expression, model.units  # doctest: +SKIP
       (5023, 100, 50, 'm')

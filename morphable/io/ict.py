@@ -205,7 +205,7 @@ def read_obj(data: bytes, *, with_faces: bool = False):
     Returns:
       ``vertices (V, 3) float32`` or ``(vertices, triangles (T, 3) int32, 0-based)``.
 
-    Example:
+    Examples:
       >>> v, t = read_obj(b"v 0 0 0\\nv 1 0 0\\nv 1 1 0\\nv 0 1 0\\nf 1/1 2/2 3/3 4/4\\n", with_faces=True)
       >>> v.shape, t.tolist()
       ((4, 3), [[0, 1, 2], [0, 2, 3]])

@@ -65,7 +65,7 @@ def load_lsfm(path: str | os.PathLike, *, landmark_indices=None, n_identity: int
       ValueError: not a readable ``.mat`` file, a required key is missing or
         malformed, negative eigenvalues, or an index out of range.
 
-    Example:
+    Examples:
       >>> model = load_lsfm("all_all_all.mat", n_identity=100)  # doctest: +SKIP
       >>> model.n_vertices, model.n_identity, model.n_expression  # doctest: +SKIP
       (53215, 100, 0)

@@ -22,7 +22,7 @@ def export_mesh(vertices, triangles, path: str | os.PathLike, *, colors=None) ->
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
 
-    Example:
+    Examples:
       >>> import tempfile, os, numpy as np
       >>> p = export_mesh(np.eye(3), [[0, 1, 2]], os.path.join(tempfile.mkdtemp(), "t.obj"))
       >>> "f 1 2 3" in p.read_text()

@@ -35,7 +35,7 @@ _ARRAYS = (
 def save_model(model: MorphableModel, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` (``.npz``) atomically.
 
-    Example:
+    Examples:
       >>> import numpy as np, tempfile, os
       >>> from morphable.model import make_model
       >>> m = make_model(np.zeros((3, 3)), np.ones((3, 3, 2)), np.ones((3, 3, 1)),

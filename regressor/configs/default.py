@@ -175,6 +175,12 @@ class TrainConfig:
       init_checkpoint: fine-tuning: a run directory (or its ``checkpoints/<step>``)
         whose parameters and batch statistics initialise this run; the optimiser
         and step start fresh (the paper fine-tunes on 4DFAB this way).
+      init_imagenet: ImageNet initialisation: a torchvision/timm ResNet state dict
+        (``.pth``/``.pt``, or ``.npz`` of arrays with the same names) whose
+        convolutions and batch norms initialise the trunk
+        (:mod:`regressor.imagenet`); the regression head starts as usual. The
+        architecture must match the checkpoint (ResNet-50: the default model).
+        Not combinable with ``init_checkpoint``.
     """
 
     name: str = "default"
@@ -194,6 +200,7 @@ class TrainConfig:
     uncertainty_floor: float = 0.1
     head_bias_from_data: bool = True
     init_checkpoint: str | None = None
+    init_imagenet: str | None = None
 
 
 def get_config() -> TrainConfig:
@@ -213,17 +220,35 @@ def to_dict(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def _coerce(field_type: Any, value: Any) -> Any:
-    text = str(field_type)
-    if isinstance(value, list) or (text.startswith("tuple") and isinstance(value, (list, tuple))):
-        return tuple(value)
+def _coerce(name: str, field_type: Any, value: Any) -> Any:
+    """``value`` checked against a field's annotation (a string: ``int``, ``str | None``, ``tuple[int, ...]``…).
+
+    Lists become tuples and ints become floats where a float is expected; a value
+    of the wrong kind raises ``ValueError`` naming the field.
+    """
+    text = str(field_type).replace(" ", "")
+    if text.endswith("|None"):
+        return None if value is None else _coerce(name, text[: -len("|None")], value)
+    if text.startswith("tuple["):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config.{name}: expected a list, got {value!r}")
+        inner = text[len("tuple["):-1].split(",")
+        element = inner[0] if inner[-1] == "..." else None
+        if element is None and len(inner) != len(value):
+            raise ValueError(f"config.{name}: expected {len(inner)} values, got {value!r}")
+        return tuple(_coerce(f"{name}[{k}]", element or inner[k], v) for k, v in enumerate(value))
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+    if text in kinds:
+        if not isinstance(value, kinds[text]) or (text != "bool" and isinstance(value, bool)):
+            raise ValueError(f"config.{name}: expected {text}, got {value!r}")
+        return float(value) if text == "float" else value
     return value
 
 
 def from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """Inverse of :func:`to_dict`; unknown keys raise ``ValueError``.
 
-    Example:
+    Examples:
       >>> from_dict(to_dict(get_config())) == get_config()
       True
     """
@@ -235,12 +260,14 @@ def from_dict(data: Mapping[str, Any]) -> TrainConfig:
         if key in _SECTIONS:
             section = _SECTIONS[key]
             fields = {f.name: f for f in dataclasses.fields(section)}
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config.{key}: expected a section (mapping), got {value!r}")
             unknown = set(value) - set(fields)
             if unknown:
                 raise ValueError(f"config.{key}: unknown field(s) {sorted(unknown)}")
-            values[key] = section(**{k: _coerce(fields[k].type, v) for k, v in value.items()})
+            values[key] = section(**{k: _coerce(f"{key}.{k}", fields[k].type, v) for k, v in value.items()})
         else:
-            values[key] = _coerce(known[key].type, value)
+            values[key] = _coerce(key, known[key].type, value)
     return TrainConfig(**values)
 
 
@@ -248,19 +275,16 @@ def override(config: TrainConfig, overrides: Mapping[str, Any] | None = None, **
     """Copy of ``config`` with dotted fields replaced, e.g. ``{"optimizer.learning_rate": 0.1}``.
 
     String values (as from a command line) are parsed as JSON when they parse,
-    so ``"steps=10"`` gives an int and ``'data.train=["a", "b"]'`` a tuple.
+    so ``"steps=10"`` gives an int and ``'data.train=["a", "b"]'`` a tuple; a
+    text field keeps the string as given (``"name=2024"`` is the name ``"2024"``),
+    ``null`` clears an optional field. Values of the wrong kind raise ``ValueError``.
 
-    Example:
+    Examples:
       >>> override(get_config(), {"optimizer.learning_rate": "0.1", "steps": 10}).optimizer.learning_rate
       0.1
     """
     data = to_dict(config)
     for key, value in {**(overrides or {}), **kwargs}.items():
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         parts = key.split(".")
         target = data
         for part in parts[:-1]:
@@ -269,5 +293,18 @@ def override(config: TrainConfig, overrides: Mapping[str, Any] | None = None, **
             target = target[part]
         if parts[-1] not in target:
             raise ValueError(f"override: unknown field {key!r}")
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            text_field = _field_type(parts).replace(" ", "").removesuffix("|None") == "str"
+            value = value if text_field and not (parsed is None or isinstance(parsed, str)) else parsed
         target[parts[-1]] = value
     return from_dict(data)
+
+
+def _field_type(parts: list[str]) -> str:
+    """The annotation (a string) of a dotted field of :class:`TrainConfig`."""
+    owner = _SECTIONS[parts[0]] if len(parts) == 2 else TrainConfig
+    return str({f.name: f.type for f in dataclasses.fields(owner)}[parts[-1]])

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fitting.annotate import AnnotateConfig, annotate, apply_prune_list, read_manifest, split_of
+import fitting.annotate as annotate_module
+from fitting.annotate import AnnotateConfig, annotate, apply_prune_list, prepare_video, read_manifest, split_of
 from fitting.shards import ShardDataset, decode_image, find_shards
 from fitting.template import make_template
-from fitting.video import VideoFitConfig
+from fitting.video import VideoFitConfig, fit_video
 
 pytest.importorskip("dlib")
 
@@ -58,6 +59,24 @@ def test_end_to_end_on_shared_videos(annotated, shared_data):
     splits = json.loads((out / "splits.json").read_text())
     ok = sorted(v for v, r in records.items() if r["status"] == "ok")
     assert sorted(sum(splits.values(), [])) == ok  # every kept video in exactly one split
+    # Every stage of every kept video is timed; a video's fit time is its share of its batch's.
+    for video_id in ok:
+        seconds = records[video_id]["seconds"]
+        assert {"decode", "detect", "track", "smooth", "crop", "fit", "write"} <= set(seconds), video_id
+        assert all(value >= 0 for value in seconds.values())
+        assert records[video_id]["frames_processed"] > 0
+    batches: dict = {}
+    for record in records.values():
+        if "fit_batch" in record:
+            key = (record["fit_batch"]["bucket"], record["fit_batch"]["seconds"])
+            batches.setdefault(key, []).append(record)
+    for (bucket, seconds), members in batches.items():
+        assert len(members) == members[0]["fit_batch"]["videos"]
+        assert sum(r["seconds"]["fit"] for r in members) == pytest.approx(seconds, rel=1e-6)
+        assert all(r["frames_processed"] <= bucket for r in members)
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_processed"] == sum(r.get("frames_processed", 0) for r in records.values())
+    assert sum(report["stage_shares"].values()) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
@@ -87,6 +106,83 @@ def test_shards_are_aligned_and_match_the_fits(annotated, ict_face_model):
         rmse_crop = np.array([i["rmse"] for i in items])
         scale = np.array([np.sqrt(abs(np.linalg.det(i["alignment"][:, :2]))) for i in items])
         np.testing.assert_allclose(rmse_crop / scale, record["rmse_px"], rtol=1e-4)
+
+
+def _shard_items(out: Path) -> dict[str, list[dict]]:
+    data = ShardDataset(find_shards(out / "shards"))
+    items: dict[str, list[dict]] = {}
+    for index in range(len(data)):
+        item = data[index]
+        items.setdefault(str(item["video_id"]), []).append(item)
+    return items
+
+
+@pytest.mark.slow
+def test_batched_fits_equal_per_video_fits(annotated, shared_data, ict_face_model):
+    """The pipeline fits videos together (fit_videos); each must equal its own fit_video."""
+    from fitting.detection import DlibDetector
+
+    out, _ = annotated
+    records = read_manifest(out)
+    batched = sorted(v for v, r in records.items() if r["status"] == "ok" and r["fit_batch"]["videos"] > 1)
+    assert len(batched) >= 2, "no video was fitted in a batch with others"
+    config = AnnotateConfig(**SMALL)
+    template = make_template(ict_face_model)
+    detector = DlibDetector(upsample=config.detector_upsample)
+    items = _shard_items(out)
+    for video_id in batched[:2]:
+        prepared = prepare_video(records[video_id]["path"], video_id, config, template, detector=detector)
+        assert prepared.status == "ok"
+        single = fit_video(ict_face_model, prepared.landmarks, mask=prepared.valid, config=config.fit)
+        kept = prepared.valid & np.asarray(single.frame_valid)
+        frames = [item["frame_index"] for item in items[video_id]]
+        np.testing.assert_array_equal(frames, prepared.frame_indices[kept])
+        expression = np.stack([item["expression"] for item in items[video_id]])
+        np.testing.assert_allclose(expression, np.asarray(single.expression)[kept], atol=1e-4)
+        np.testing.assert_allclose(items[video_id][0]["identity"], np.asarray(single.identity), atol=1e-4)
+        np.testing.assert_allclose(records[video_id]["rmse_px"], np.asarray(single.landmark_rmse)[kept], atol=1e-3)
+        assert records[video_id]["fit_iterations"] == int(single.iterations)
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_the_process_engine(annotated, shared_data, ict_face_model, tmp_path, monkeypatch):
+    """Detection and cleaning as Ray tasks on a local instance: the same manifest and shards."""
+    ray = pytest.importorskip("ray")
+    reference, _ = annotated
+    names = ("grid_bbaf2n", "no_face", "liveportrait_d20")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in names:
+        os.symlink(_videos(shared_data) / f"{name}.mp4", videos / f"{name}.mp4")
+
+    def not_ray(*args, **kwargs):
+        raise AssertionError("engine='ray' prepared videos without Ray")
+
+    monkeypatch.setattr(annotate_module, "_ProcessEngine", not_ray)
+    monkeypatch.setattr(annotate_module, "_InlineEngine", not_ray)
+    out = tmp_path / "ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        annotate(videos, out, model=ict_face_model, config=AnnotateConfig(**SMALL), workers=2, engine="ray",
+                 progress=False)
+        assert ray.is_initialized()  # the caller's instance is used, not shut down
+    finally:
+        ray.shutdown()
+
+    expected, got = read_manifest(reference), read_manifest(out)
+    assert sorted(got) == sorted(names)
+    for name in names:
+        assert (got[name]["status"], got[name]["reason"]) == (expected[name]["status"], expected[name]["reason"])
+    assert got["no_face"]["status"] == "failed" and got["grid_bbaf2n"]["status"] == "ok"
+    expected_items, got_items = _shard_items(reference), _shard_items(out)
+    assert sorted(got_items) == sorted(v for v in names if expected[v]["status"] == "ok")
+    for video_id, items in got_items.items():
+        assert len(items) == len(expected_items[video_id])
+        for a, b in zip(items, expected_items[video_id]):
+            assert a["frame_index"] == b["frame_index"]
+            assert bytes(a["image"]) == bytes(b["image"])  # the same crops, byte for byte
+            for name in ("expression", "identity", "camera", "landmarks"):
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=f"{video_id} {name}")
 
 
 def test_split_assignment_is_stable_and_proportional():
