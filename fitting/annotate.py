@@ -71,6 +71,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -522,10 +523,13 @@ class _RayEngine:
         self.started_here = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            with warnings.catch_warnings():
+                # Ray starts its processes with fork + exec, which JAX's fork warning cannot tell from a bare fork.
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
             self.started_here = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.in_flight = 2 * max(workers or cpus, 1)

@@ -145,6 +145,7 @@ def test_batched_fits_equal_per_video_fits(annotated, shared_data, ict_face_mode
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # Ray's fork + exec, not a bare fork
 def test_ray_engine_matches_the_process_engine(annotated, shared_data, ict_face_model, tmp_path, monkeypatch):
     """Detection and cleaning as Ray tasks on a local instance: the same manifest and shards."""
     ray = pytest.importorskip("ray")

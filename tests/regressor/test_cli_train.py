@@ -46,3 +46,24 @@ def test_train_from_a_config_file(tiny_config, tmp_path):
     result = train_from_config(saved, workdir=tmp_path / "run", stop_at_step=3)
     assert result.step == 3
     assert from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == tiny_config
+
+
+def test_overrides_are_typed_like_the_fields():
+    config = default.get_config()
+    changed = override(config, {"name": "2024", "steps": "10", "optimizer.learning_rate": "1",
+                                "model.stage_sizes": "[1, 2]", "data.train": '["a", "b"]',
+                                "init_imagenet": "weights.pth", "data.annotation_dir": "null"})
+    assert changed.name == "2024"  # a text field keeps a number-like value as text
+    assert changed.steps == 10 and changed.optimizer.learning_rate == 1.0
+    assert isinstance(changed.optimizer.learning_rate, float)
+    assert changed.model.stage_sizes == (1, 2) and changed.data.train == ("a", "b")
+    assert changed.init_imagenet == "weights.pth" and changed.data.annotation_dir is None
+    assert from_dict(json.loads(json.dumps(to_dict(changed)))) == changed
+    for bad, message in [({"steps": "ten"}, "config.steps: expected int, got 'ten'"),
+                         ({"steps": "1.5"}, "config.steps: expected int"),
+                         ({"augmentation.enabled": "1"}, "config.augmentation.enabled: expected bool"),
+                         ({"model.stage_sizes": '[1, "x"]'}, r"config.model.stage_sizes\[1\]: expected int"),
+                         ({"data.train": "shards"}, "config.data.train: expected a list"),
+                         ({"model": "3"}, "config.model: expected a section")]:
+        with pytest.raises(ValueError, match=message):
+            override(config, bad)
