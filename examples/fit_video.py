@@ -69,7 +69,7 @@ def detect_landmarks(video: Path, *, stride: int, max_frames: int | None, upsamp
       :class:`fitting.landmark_pipeline.VideoLandmarks` with status ``"ok"``.
 
     Raises:
-      SystemExit: no face in the whole video.
+      ValueError: no face in the whole video, or the file is not a readable video.
     """
     from fitting.detection import DlibDetector
     from fitting.landmark_pipeline import detect_video
@@ -85,7 +85,7 @@ def detect_landmarks(video: Path, *, stride: int, max_frames: int | None, upsamp
         smoothing=SmoothingConfig(max_lost_frames=MAX_GAP),
     )
     if track.status != "ok":
-        raise SystemExit(f"{video}: {track.message}")
+        raise ValueError(f"{video}: {track.message}")
     return track
 
 
@@ -112,8 +112,14 @@ def plot_expressions(path: Path, model, fit, track, valid: np.ndarray, top: int)
     figure.set_size_inches(11.0, 0.4 + 1.1 * len(chosen))
     for ax, k in zip(axes, chosen):
         plot_expression_timeline(
-            expression, model.expression_names, times=times, std=np.asarray(fit.expression_std), valid=valid,
-            indices=[k], ax=ax, xlabel=xlabel,
+            expression,
+            model.expression_names,
+            times=times,
+            std=np.asarray(fit.expression_std),
+            valid=valid,
+            indices=[k],
+            ax=ax,
+            xlabel=xlabel,
         )
         ax.get_legend().remove()
         ax.set_ylabel(model.expression_names[k], rotation=0, horizontalalignment="right", verticalalignment="center")
@@ -181,6 +187,11 @@ def run(
     Returns:
       The summary: inputs, frame counts, fit diagnostics, the strongest
       coefficients, output files and ``seconds`` per stage.
+
+    Raises:
+      FileNotFoundError: the video does not exist.
+      ValueError: the video cannot be read, has no face, or too few frames with
+        one for a valid fit.
     """
     import jax
 
@@ -190,9 +201,8 @@ def run(
 
     video = Path(video) if video is not None else data_dir() / DEFAULT_VIDEO
     if not video.is_file():
-        raise SystemExit(f"video not found: {video} (set DEEPEXP3D_DATA or pass a video)")
+        raise FileNotFoundError(f"video not found: {video} (set DEEPEXP3D_DATA or pass a video)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -215,7 +225,7 @@ def run(
     fit = jax.block_until_ready(fit_video(model, track.landmarks, mask=track.valid, config=config))
     seconds["fit (incl. compilation)"] = time.perf_counter() - start
     if not bool(fit.valid):
-        raise SystemExit(f"{video}: the fit is invalid (fewer than {config.min_valid_frames} frames with a face)")
+        raise ValueError(f"{video}: the fit is invalid (fewer than {config.min_valid_frames} frames with a face)")
     valid = np.asarray(track.valid) & np.asarray(fit.frame_valid)
     rmse = np.asarray(fit.landmark_rmse)[valid]
     log(
@@ -224,6 +234,7 @@ def run(
     )
 
     start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("expressions.png", "rmse.png", "fit.npz", "fit.json")}
     drawn = plot_expressions(files["expressions.png"], model, fit, track, valid, top)
     plot_rmse(files["rmse.png"], fit, track, valid)
@@ -289,13 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("video", nargs="?", default=None, help=f"video file (default: $DEEPEXP3D_DATA/{DEFAULT_VIDEO})")
-    parser.add_argument("--out", default="out/fit-video", help="output folder (default: out/fit-video)")
-    parser.add_argument("--stride", type=int, default=1, help="process every N-th frame (default: 1)")
-    parser.add_argument("--max-frames", type=int, default=None, help="process at most N frames (default: all)")
+    parser.add_argument("--out", metavar="DIR", default="out/fit-video", help="output folder (default: out/fit-video)")
+    parser.add_argument("--stride", metavar="N", type=int, default=1, help="process every N-th frame (default: 1)")
     parser.add_argument(
-        "--upsample", type=int, default=1, help="face-detector upsampling; 0 is faster, for faces over 80 px (default: 1)"
+        "--max-frames", metavar="N", type=int, default=None, help="process at most N frames (default: all)"
     )
-    parser.add_argument("--top", type=int, default=8, help="expression coefficients to plot (default: 8)")
+    parser.add_argument(
+        "--upsample",
+        metavar="N",
+        type=int,
+        default=1,
+        help="face-detector upsampling; 0 is faster, for faces over 80 px (default: 1)",
+    )
+    parser.add_argument("--top", metavar="N", type=int, default=8, help="expression coefficients to plot (default: 8)")
     args = parser.parse_args(argv)
     for name in ("stride", "top"):
         if getattr(args, name) < 1:
@@ -304,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-frames: must be at least 1, got {args.max_frames}")
     if args.upsample < 0:
         parser.error(f"--upsample: must be non-negative, got {args.upsample}")
-    run(args.video, args.out, stride=args.stride, max_frames=args.max_frames, upsample=args.upsample, top=args.top)
+    try:
+        run(args.video, args.out, stride=args.stride, max_frames=args.max_frames, upsample=args.upsample, top=args.top)
+    except (FileNotFoundError, ValueError) as error:  # bad input: a message, not a traceback
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
 
 

@@ -43,6 +43,18 @@ def _image_shape(path: Path) -> tuple[int, ...]:
     return pixels.shape
 
 
+def test_fit_video_script_rejects_bad_arguments_with_a_message(tmp_path, capsys):
+    example = _load_example("fit_video")
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--stride", "0", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "--stride: must be at least 1" in capsys.readouterr().err
+    missing = tmp_path / "missing.mp4"
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([str(missing), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1 and f"video not found: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing is written for a failed run
+
+
 @pytest.mark.slow
 def test_fit_video_script_on_a_slice_of_the_default_clip(tmp_path, shared_data, ict_cache):
     _needs_dlib()

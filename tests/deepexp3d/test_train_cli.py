@@ -29,8 +29,8 @@ def _tiny_arguments(workdir, shard) -> list[str]:
     # a checkpoint after every step, no validation.
     settings = {
         "steps": 3, "checkpoint_every": 1, "keep_checkpoints": 3, "log_every": 1, "batch_size": 8,
-        "model.stage_sizes": "[1]", "model.num_filters": 4, "model.image_size": 32, "augmentation.enabled": "false", "data.train": json.dumps([str(shard)]),
-        "data.synthetic_validation": 0,
+        "model.stage_sizes": "[1]", "model.num_filters": 4, "model.image_size": 32, "augmentation.enabled": "false",
+        "data.train": json.dumps([str(shard)]),
     }
     arguments = ["train", "tiny", "--workdir", str(workdir)]
     for key, value in settings.items():

@@ -140,7 +140,6 @@ def test_converted_resnet50_reproduces_pytorch_logits(resnet50):
     assert error < 1e-4, error
 
 
-@pytest.mark.slow
 def test_converted_resnet50_reproduces_pytorch_logits_at_224(resnet50):
     torch_model, state = resnet50
     flax_model = ResNetRegressor(n_outputs=1000)
@@ -233,7 +232,8 @@ def test_a_run_starts_from_imagenet_weights(tiny_config, tmp_path):
     torch_state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     assert np.array_equal(params["conv_init"]["kernel"], torch_state["conv1.weight"].transpose(2, 3, 1, 0))
     assert np.array_equal(params["BottleneckBlock_3"]["BatchNorm_2"]["scale"], torch_state["layer4.0.bn3.weight"])
-    assert np.array_equal(stats["BottleneckBlock_2"]["norm_proj"]["var"], torch_state["layer3.0.downsample.1.running_var"])
+    assert np.array_equal(stats["BottleneckBlock_2"]["norm_proj"]["var"],
+                          torch_state["layer3.0.downsample.1.running_var"])
     # The regression head is new: zero kernel, the training targets' mean as bias.
     target_mean = ShardDataset(list(tiny_config.data.train)).column_mean("expression")
     assert np.array_equal(params["head"]["kernel"], np.zeros((256, 28), np.float32))
