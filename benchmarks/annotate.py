@@ -20,8 +20,9 @@ fresh output folder, and prints one JSON object per line:
   - ``cleaning``: tracking and spline smoothing (``track`` + ``smooth``);
   - ``fitting``: the batched whole-video fits (``fit``);
   - ``writing``: warping and encoding the crops, writing the shards (``crop`` + ``write``);
-  - ``decoding``: reading the frames (both passes) and ``setup`` (loading the
-    detector once per worker process), reported apart.
+  - ``decoding``: reading the frames, both passes (``decode``), and
+  - ``setup``: loading the detector, once per worker process (``setup``),
+    reported apart from the four stages above.
 
 Every line carries the machine (platform, CPU count, load average before and
 after the run, versions, JAX backend and devices). The load average matters:
@@ -29,7 +30,7 @@ on a shared machine other processes take CPU time from the workers.
 
 Usage::
 
-    python benchmarks/annotate.py                              # every frame, 2 workers
+    python benchmarks/annotate.py                              # every frame, one worker per CPU
     python benchmarks/annotate.py --stride 3 --max-frames 60   # a quick run
     python benchmarks/annotate.py --engine ray --workers 2     # detection as Ray tasks
 """

@@ -66,6 +66,30 @@ prototype), per blendshape a left/right asymmetry, plus half-normal background
 activation on every blendshape (fitting noise and non-emotional movement),
 clipped to [0, 1] like ICT weights. Neutral samples are background only.
 
+The prior of fitted faces (``emfacs_prior_classifier(..., model=model)``).
+Weights fitted to the 68 landmarks of one photo are not the clean vectors
+above: blendshapes that 68 points barely pin down absorb the person's face
+shape and the detector's conventions, so a real neutral face fits with 0.5–0.8
+on ``cheekPuff``, ``cheekSquint`` or ``noseSneer``, and the fitter mixes up
+blendshapes that move the landmarks alike. Two label-free steps model that:
+
+1. *Fitter in the loop* (:func:`fitted_emfacs_samples`): every synthetic
+   expression is put on a random identity of the model's prior, turned to a
+   random pose, projected to 68 landmarks with noise (:class:`FittedSynthesis`)
+   and fitted by :func:`fitting.image.fit_image` with the pipeline's
+   configuration; the classifier learns the fitted vectors, i.e. what the
+   fitter returns for each prototype.
+2. *Neutral reference*: synthetic faces still fit closer to zero than real
+   ones. The fitter's median response to a reference set of real faces without
+   labels (by default the annotated faces of the shared ``landmark-images``
+   set, :func:`shared_reference_landmarks`; mostly neutral) minus its median
+   response to synthetic neutral faces is subtracted from every input (folded
+   into the classifier's feature mean).
+
+When many unlabelled faces are classified together (a data set, the frames of
+a video), :func:`adapt_to_unlabelled` goes one step further: it standardises
+the inputs with their own mean and spread instead of the synthetic ones.
+
 Examples:
   >>> names = ("browDown_L", "browInnerUp_L", "browOuterUp_L", "cheekSquint_L", "eyeWide_L",
   ...          "jawOpen", "mouthFrown_L", "mouthSmile_L", "mouthStretch_L", "noseSneer_L")
@@ -77,14 +101,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classifier.ecoc import ECOCClassifier, TrainedClassifier, fit
+from classifier.ecoc import ECOCClassifier, TrainedClassifier, check_features, fit
 from classifier.svm import SVMConfig
+from fitting.config import ImageFitConfig
 
 __all__ = [
     "EMOTIONS",
@@ -95,7 +124,12 @@ __all__ = [
     "action_unit_activations",
     "emfacs_prototypes",
     "sample_emfacs",
+    "FittedSynthesis",
+    "fitted_emfacs_samples",
+    "fitted_expressions",
+    "shared_reference_landmarks",
     "emfacs_prior_classifier",
+    "adapt_to_unlabelled",
 ]
 
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "fearful", "angry", "surprised", "disgusted")

@@ -116,7 +116,7 @@ def _slice_result(stacked: VideoFitResult, index: int, n_frames: int) -> VideoFi
         return x[index, :n_frames]
 
     cameras = stacked.cameras
-    return VideoFitResult(
+    result = VideoFitResult(
         identity=stacked.identity[index],
         expression=frames(stacked.expression),
         cameras=WeakPerspectiveCamera(
@@ -132,6 +132,7 @@ def _slice_result(stacked: VideoFitResult, index: int, n_frames: int) -> VideoFi
         converged=stacked.converged[index],
         valid=stacked.valid[index],
     )
+    return jax.tree.map(jnp.asarray, result)
 
 
 def fit_videos(
@@ -197,6 +198,8 @@ def fit_videos(
                 mask[slot, : len(points)] = full
                 exists[slot, : len(points)] = True
             stacked = fit_video_batch(model, landmarks, mask, exists, config=config, devices=devices)
+            # Slice on the host: slicing device arrays compiles a program per new video length.
+            stacked = jax.device_get(stacked)
             for slot, position in enumerate(group):
                 results[position] = _slice_result(stacked, slot, checked[position][0].shape[0])
     return results

@@ -186,6 +186,46 @@ def test_ray_engine_matches_the_process_engine(annotated, shared_data, ict_face_
                 np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=f"{video_id} {name}")
 
 
+class _SlowFaceDetector:
+    """Finds a fixed 'face' (the template's points, shifted) after a known delay per frame."""
+
+    def __init__(self, points: np.ndarray, delay: float):
+        self.points, self.delay, self.calls = points, delay, 0
+
+    def detect(self, image):
+        from fitting.detection import FaceDetection
+
+        self.calls += 1
+        time.sleep(self.delay)
+        box = [*self.points.min(0), *self.points.max(0)]
+        return FaceDetection.create([box], self.points[None], [1.0])
+
+
+def test_prepare_video_times_each_stage(tmp_path):
+    import cv2
+
+    from fitting.template import Template
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (320, 240))
+    for k in range(12):
+        writer.write(np.full((240, 320, 3), 10 * k, np.uint8))
+    writer.release()
+    rng = np.random.default_rng(0)
+    template = Template(points=rng.uniform(60, 160, (68, 2)), weights=np.ones(68))
+    detector = _SlowFaceDetector(template.points * 0.8 + 30.0, delay=0.1)
+    config = AnnotateConfig(stride=2, min_frames=3)
+    started = time.perf_counter()
+    prepared = prepare_video(path, "clip", config, template, detector=detector)
+    elapsed = time.perf_counter() - started
+    assert prepared.status == "ok" and detector.calls == 6 and len(prepared.crops) == 6
+    seconds = prepared.seconds
+    assert set(seconds) == {"decode", "detect", "track", "smooth", "crop"}  # no setup: the detector was given
+    assert seconds["detect"] >= 6 * 0.1  # the detector's delay is charged to detection ...
+    assert seconds["track"] < 0.2 and seconds["decode"] < 0.3  # ... not to tracking or decoding (≥ 0.6 s)
+    assert sum(seconds.values()) <= elapsed
+
+
 def test_split_assignment_is_stable_and_proportional():
     ids = [f"video-{k}" for k in range(4000)]
     splits = [split_of(v, 7) for v in ids]

