@@ -8,7 +8,8 @@ image uses the size-1 program (the low-latency path). Crops are resized to the
 network's input size exactly as in evaluation
 (:func:`regressor.input_pipeline.resize_crops`); images with landmarks are first
 aligned with :func:`fitting.template.align_face` to the template the training
-shards used (stored in the run's ``dataset.json``).
+shards used (stored in the run's ``dataset.json``); photos without landmarks
+go through a face and landmark detector first (:meth:`Predictor.predict_faces`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fitting.detection import FaceDetection, check_image
 from fitting.template import Template, align_face
 from regressor.configs.default import TrainConfig, from_dict
 from regressor.input_pipeline import resize_crops
@@ -69,6 +71,7 @@ class Predictor:
         self.template = template
         self.expression_names = tuple(expression_names)
         self.batch_size = int(batch_size)
+        self._detector = None
 
         def forward(variables, images):
             return model.apply(variables, images, train=False)
@@ -144,3 +147,47 @@ class Predictor:
         """One RGB image ``(H, W, 3) uint8`` and its ``(68, 2)`` landmarks → ``(n_e,)``."""
         crop, _ = align_face(image, landmarks, self._template(template))
         return self.predict_crop(crop)
+
+    def predict_faces(
+        self,
+        image: np.ndarray,
+        *,
+        detector=None,
+        max_faces: int | None = None,
+        template: Template | None = None,
+    ) -> tuple[FaceDetection, np.ndarray]:
+        """Detect the faces of a photo (or video frame) and predict each one's expression.
+
+        Args:
+          image: ``(H, W, 3) uint8`` RGB.
+          detector: a :class:`fitting.detection.LandmarkDetector`; default
+            :class:`fitting.detection.DlibDetector` (created once and kept).
+          max_faces: keep at most this many faces, most confident first.
+          template: overrides the run's template.
+
+        Returns:
+          ``(detection, expressions)``: the :class:`fitting.detection.FaceDetection`
+          (boxes, landmarks, scores; most confident first) and ``(K, n_e)
+          float32`` expression vectors, one per face (``K = 0`` when none is found).
+        """
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces: must be positive or None, got {max_faces!r}")
+        image = check_image(image)
+        if detector is None:
+            if self._detector is None:
+                from fitting.detection import DlibDetector
+
+                self._detector = DlibDetector()
+            detector = self._detector
+        detection = detector.detect(image)
+        if max_faces is not None and detection.n_faces > max_faces:
+            detection = FaceDetection.create(
+                detection.boxes[:max_faces],
+                detection.landmarks[:max_faces],
+                detection.scores[:max_faces],
+                None if detection.depth is None else detection.depth[:max_faces],
+                sort=False,
+            )
+        if detection.n_faces == 0:
+            return detection, np.zeros((0, self.model.n_outputs), np.float32)
+        return detection, self.predict_images([image] * detection.n_faces, detection.landmarks, template=template)

@@ -56,3 +56,42 @@ def test_image_and_landmarks_path_aligns_like_the_data(predictor, synthetic_face
     assert np.allclose(single, predictor.predict_crop(crop), atol=1e-6)
     four = predictor.predict_images([frame] * 4, np.stack([frame_landmarks] * 4))  # the compiled size-4 program
     assert np.allclose(four, single[None], atol=1e-5)
+
+
+class _FakeDetector:
+    """Reports fixed faces, so the detector path is checked without dlib."""
+
+    def __init__(self, landmarks):
+        self.landmarks = np.asarray(landmarks, np.float32)
+        self.calls = 0
+
+    def detect(self, image):
+        from fitting.detection import FaceDetection
+
+        self.calls += 1
+        count = len(self.landmarks)
+        boxes = np.concatenate([self.landmarks.min(axis=1), self.landmarks.max(axis=1)], axis=1)
+        return FaceDetection.create(boxes, self.landmarks, np.linspace(1.0, 0.5, count))
+
+
+def test_detector_path_predicts_each_detected_face(predictor, synthetic_faces):
+    example = synthetic_faces.generate(100, 1, seed=4)
+    matrix = example["alignment"][0]
+    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    frame = cv2.warpAffine(example["crop"][0], inverse, (400, 380), flags=cv2.INTER_LINEAR)
+    points = example["frame_landmarks"][0]
+    shifted = points + np.array([5.0, -3.0])  # a second, slightly different "face"
+    detector = _FakeDetector([points, shifted])
+
+    detection, expressions = predictor.predict_faces(frame, detector=detector)
+    assert detector.calls == 1 and detection.n_faces == 2 and expressions.shape == (2, 28)
+    # Oracle: the landmarks path on the same points, in the detector's (score) order.
+    assert np.allclose(expressions[0], predictor.predict_image(frame, points), atol=1e-5)
+    assert np.allclose(expressions[1], predictor.predict_image(frame, shifted), atol=1e-5)
+
+    one, first = predictor.predict_faces(frame, detector=detector, max_faces=1)
+    assert one.n_faces == 1 and np.allclose(first, expressions[:1], atol=1e-5)
+    none, empty = predictor.predict_faces(frame, detector=_FakeDetector(np.zeros((0, 68, 2))))
+    assert none.n_faces == 0 and empty.shape == (0, 28)
+    with pytest.raises(ValueError, match="max_faces"):
+        predictor.predict_faces(frame, detector=detector, max_faces=0)
