@@ -132,6 +132,11 @@ __all__ = [
     "adapt_to_unlabelled",
 ]
 
+PathLike = Union[str, os.PathLike]
+
+# Changes whenever what the cached prior means changes (its training or its fields).
+_PRIOR_CACHE_FORMAT = "deepexp3d.emfacs_prior.v2"
+
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "fearful", "angry", "surprised", "disgusted")
 
 # Friesen & Ekman 1983 (EMFACS-7) prototypes, as listed in the module docstring.
@@ -305,11 +310,6 @@ def _sample_around_prototypes(directions, present, key, parameters, samples_per_
     features = jnp.clip(activation * side_scale + background, 0.0, 1.0)
     labels = jnp.repeat(jnp.arange(n_emotions, dtype=jnp.int32), samples_per_class)
     return features.reshape(-1, n_shapes), labels
-
-
-PathLike = Union[str, os.PathLike]
-
-_PRIOR_CACHE_FORMAT = "deepexp3d.emfacs_prior.v2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,9 +546,9 @@ def emfacs_prior_classifier(
     (see the module docstring): it learns what :func:`fitting.image.fit_image`
     returns for synthetic faces of each prototype (:func:`fitted_emfacs_samples`)
     and removes the fitter's response to real neutral faces
-    (``reference_landmarks``). On the emotions-wild photos the fitted prior
-    scores 23 % (7 classes, chance 14 %) where the plain one scores 15 %; see
-    ``docs/tutorials/classifier.md``.
+    (``reference_landmarks``). On the emotions-wild photos it scores 22–25 %
+    over three seeds (7 classes, chance 14 %) where the prior of prototype
+    vectors scores 15–20 %; see ``docs/tutorials/classifier.md``.
 
     Args:
       expression_names: the ``n_e`` expression component names of the model

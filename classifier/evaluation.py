@@ -761,8 +761,21 @@ def evaluate_images(
 
     start = time.perf_counter()
     try:
+        fitted_prior = None
+        if extract_features is None:
+            # The features are single-image fits: the prior of fitted faces matches them.
+            from classifier.emfacs import emfacs_prior_classifier
+            from morphable.paths import cache_dir
+
+            fitted_prior = emfacs_prior_classifier(
+                extracted.expression_names, seed=config.seed, model=model, cache=cache_dir() / "emfacs-prior"
+            )
         prior = prior_evaluation(
-            extracted.features[rows], labels_array[rows], extracted.expression_names, seed=config.seed
+            extracted.features[rows],
+            labels_array[rows],
+            extracted.expression_names,
+            prior=fitted_prior,
+            seed=config.seed,
         )
     except ValueError as error:
         report["prior"] = None

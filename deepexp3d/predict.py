@@ -81,8 +81,9 @@ def emotion_classifier(model: MorphableModel, classifier: ClassifierSource = Non
 
     Args:
       model: the model whose expression coefficients will be classified.
-      classifier: ``None`` for the EMFACS prior built for ``model.expression_names``
-        (a few seconds: it is trained on synthetic samples), a path given to
+      classifier: ``None`` for the EMFACS prior of this model's fitted faces
+        (trained on synthetic faces fitted like photos: up to a minute the first
+        time, then read from ``$DEEPEXP3D_CACHE/emfacs-prior``), a path given to
         :func:`classifier.persistence.save_classifier`, or a trained classifier.
 
     Returns:
@@ -97,8 +98,12 @@ def emotion_classifier(model: MorphableModel, classifier: ClassifierSource = Non
     basis = expression_basis_id(model)
     if classifier is None:
         from classifier.emfacs import emfacs_prior_classifier
+        from morphable.paths import cache_dir
 
-        return emfacs_prior_classifier(model.expression_names, basis_id=basis), PRIOR
+        prior = emfacs_prior_classifier(
+            model.expression_names, basis_id=basis, model=model, cache=cache_dir() / "emfacs-prior"
+        )
+        return prior, PRIOR
     if isinstance(classifier, TrainedClassifier):
         trained, source = classifier, "given"
         if trained.basis_id is not None and trained.basis_id != basis:
