@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from fitting import spd_blocks
 from fitting.video_init import initialise, usable_weights
 from fitting.video_solve import (
     OUTER_EYE_CORNERS,
@@ -326,11 +327,7 @@ def _safe_sqrt(x):
 def _expression_std(params, system, weights, exists, size, config):
     """``(F, n_e)`` sqrt of the diagonal of the inverse expression normal block of each frame."""
     blocks = expression_blocks(params, system, weights, exists, size, config)
-    factor = jnp.linalg.cholesky(blocks)
-    inverse_factor = jax.scipy.linalg.solve_triangular(
-        factor, jnp.broadcast_to(jnp.eye(blocks.shape[-1], dtype=blocks.dtype), blocks.shape), lower=True
-    )
-    variance = jnp.sum(inverse_factor**2, axis=-2)  # diag(D⁻¹) = column norms² of L⁻¹
+    variance = spd_blocks.inverse_diagonal(blocks)
     return _safe_sqrt(jnp.where(jnp.isfinite(variance), variance, 0.0))
 
 

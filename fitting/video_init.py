@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
+from fitting import spd_blocks
 from fitting.camera_estimate import estimate_weak_perspective
 from fitting.video_solve import LandmarkSystem, VideoParameters
 from morphable.camera import WeakPerspectiveCamera
@@ -225,10 +226,14 @@ def _expression_least_squares(system, camera, identity, points, weights, landmar
     has_data = jnp.any(weights > 0, -1).astype(points.dtype)
     back = jnp.einsum("fci,flc->fli", projection, weights[..., None] * target)
     rhs = landmark_weight * jnp.einsum("fli,lin->fn", back, system.expression)
-    normal = jnp.einsum("fab,abnm->fnm", (landmark_weight * has_data)[:, None, None] * metric, system.expression_gram)
-    ridge = config.expression_prior_weight + config.damping + 1e-6 * jnp.trace(normal, axis1=-2, axis2=-1) / system.n_expression
+    n_e = system.n_expression
+    scaled_metric = ((landmark_weight * has_data)[:, None, None] * metric).reshape(-1, 9)
+    normal = (scaled_metric @ system.expression_gram.reshape(9, n_e * n_e)).reshape(-1, n_e, n_e)
+    # trace(normal) from the Gram matrices' traces: no pass over the (F, n_e, n_e) blocks.
+    trace = scaled_metric @ jnp.trace(system.expression_gram, axis1=-2, axis2=-1).reshape(9)
+    ridge = config.expression_prior_weight + config.damping + 1e-6 * trace / n_e
     normal += ridge[:, None, None] * jnp.eye(system.n_expression, dtype=normal.dtype)
-    expression = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(normal), True), rhs[..., None])[..., 0]
+    expression = spd_blocks.solve(spd_blocks.factor(normal), rhs[..., None])[..., 0]
     expression = jnp.where(jnp.isfinite(expression), expression, 0.0)
     return jnp.clip(expression, system.lower, system.upper)
 

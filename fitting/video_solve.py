@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from fitting import spd_blocks
 from morphable.model import MorphableModel, landmark_mask
 from morphable.rotation import axis_angle_to_matrix
 
@@ -464,11 +465,29 @@ def energy_gradient(params, system, points, weights, exists, face_pixels, config
 
 @struct.dataclass
 class _Blocks:
-    frames: jax.Array  # (F, n_z, n_z) per-frame normal blocks (priors and temporal diagonal included)
+    """The per-frame normal blocks in factored-out form (see :func:`fitting.spd_blocks.gram_blocks`).
+
+    A frame's ``(n_z, n_z)`` block is ``[[Σ_ab metric_ab G_ab, borderᵀ], [border, corner]] + diag(shift)``
+    with ``G`` the expression Gram matrices; the solver factorises it without
+    forming it (:func:`fitting.spd_blocks.factor_gram`).
+    """
+
+    metric: jax.Array  # (F, 9) landmark_weight · ν_f · s_f² · M_f, the Gram matrices' weights
+    border: jax.Array  # (F, 6, n_e) pose × expression
+    corner: jax.Array  # (F, 6, 6) pose × pose (data term)
+    shift: jax.Array  # (F, n_z) diagonal: priors, damping and the temporal diagonal
     identity: jax.Array  # (n_i, n_i)
     frame_weight: jax.Array  # (F,) landmark_weight · ν_f (ν_f: frame has landmarks)
     data_scale: jax.Array  # (F,) landmark_weight · ν_f · s_f²
-    temporal: jax.Array  # (F, n_z) the temporal diagonal included in ``frames``
+    temporal: jax.Array  # (F, n_z) the temporal diagonal included in ``shift``
+
+    def frames(self, gram: jax.Array) -> jax.Array:
+        """``(F, n_z, n_z)`` the blocks in memory (``gram``: the system's expression Gram matrices)."""
+        return spd_blocks.gram_blocks(self.metric, gram, self.border, self.corner, self.shift)
+
+    def factor(self, gram: jax.Array, free: jax.Array) -> jax.Array:
+        """Cholesky factors of the blocks with the held coordinates (``free == 0``) removed."""
+        return spd_blocks.factor_gram(self.metric, gram, self.border, self.corner, self.shift, free)
 
 
 def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
@@ -488,10 +507,8 @@ def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, confi
     )
     diag_e = config.expression_prior_weight * exists + temporal_e + config.damping
     diag_p = temporal_p + config.damping
-    # Expression block: s² Σ_ab M_ab G_ab — nine scaled additions per frame (one (F, 9) × (9, n_e²) product).
+    # Expression block: s² Σ_ab M_ab G_ab — nine scaled Gram matrices per frame, summed inside the factorisation.
     metric = (data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
-    h_ee = (metric @ system.expression_gram.reshape(9, n_e * n_e)).reshape(n_frames, n_e, n_e)
-    h_ee = h_ee + diag_e[:, None, None] * jnp.eye(n_e, dtype=dtype)
     # Expression × (rotation, log-scale): Σ_k B_kᵀ P_fᵀ ∂π_k/∂(ω, log s) — back-project the four
     # pose columns per landmark, then one (F·4, 3L) × (3L, n_e) product with the basis.
     columns = jnp.moveaxis(lin.pose_jacobian[..., :4], -1, 1) * system.available[:, None]  # (F, 4, L, 2)
@@ -503,15 +520,21 @@ def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, confi
     h_pe = jnp.concatenate([h_e_rs, h_e_t], 1)  # (F, 6, n_e)
     jacobian = (lin.pose_jacobian * system.available[:, None, None]).reshape(n_frames, -1, POSE_SIZE)
     h_pp = frame_weight[:, None, None] * jnp.einsum("fkp,fkq->fpq", jacobian, lin.pose_jacobian.reshape(n_frames, -1, POSE_SIZE))
-    h_pp = h_pp + diag_p[:, None, None] * jnp.eye(POSE_SIZE, dtype=dtype)
-    frames = jnp.concatenate(
-        [jnp.concatenate([h_ee, jnp.swapaxes(h_pe, 1, 2)], -1), jnp.concatenate([h_pe, h_pp], -1)], -2
+    shift = jnp.concatenate(
+        [jnp.broadcast_to(diag_e[:, None], (n_frames, n_e)), jnp.broadcast_to(diag_p[:, None], (n_frames, POSE_SIZE))], -1
     )
     summed_metric = jnp.sum(data_scale[:, None, None] * lin.view_metric, 0).reshape(9)
     identity = (summed_metric @ system.identity_gram.reshape(9, -1)).reshape(system.n_identity, system.n_identity)
     identity += (config.identity_prior_weight + config.damping) * jnp.eye(system.n_identity, dtype=dtype)
     return _Blocks(
-        frames=frames, identity=identity, frame_weight=frame_weight, data_scale=data_scale, temporal=temporal
+        metric=metric,
+        border=h_pe,
+        corner=h_pp,
+        shift=shift,
+        identity=identity,
+        frame_weight=frame_weight,
+        data_scale=data_scale,
+        temporal=temporal,
     )
 
 
@@ -525,7 +548,7 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
     """
     lin = _linearise(params, system, points, weights, face_pixels)
     blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, majorise)
-    return blocks.frames, blocks.identity
+    return blocks.frames(system.expression_gram), blocks.identity
 
 
 def expression_blocks(params, system, weights, exists, face_pixels, config) -> jax.Array:
@@ -633,7 +656,7 @@ def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples
     coupling = jnp.concatenate(coupling, -1)  # (K, n_z, n_g)
     n_global = coupling.shape[-1]
     rhs = jnp.concatenate([coupling, (g_frames * free)[index][..., None]], -1)
-    solved = jax.scipy.linalg.cho_solve((factor[index], True), rhs)
+    solved = spd_blocks.solve(factor[index], rhs)
     eliminated = (weight[:, None, None] * coupling).reshape(-1, n_global).T @ solved.reshape(-1, n_global + 1)
     schur = jax.scipy.linalg.block_diag(*own) - eliminated[:, :n_global]
     prior = jnp.concatenate([jnp.full((n_i,), identity_prior), jnp.zeros((n_global - n_i,))]).astype(schur.dtype)
@@ -742,8 +765,7 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
     anchor = config.temporal_anchor
     held = _active_bounds(params.expression, g_frames[:, :n_e], system)
     free = jnp.concatenate([~held, jnp.ones((n_frames, POSE_SIZE), bool)], -1).astype(dtype)
-    masked = blocks.frames * free[:, :, None] * free[:, None, :] + (1.0 - free)[..., None] * jnp.eye(n_z, dtype=dtype)
-    factor = _factor(masked)
+    factor = blocks.factor(system.expression_gram, free)
     g_frames = g_frames * free
 
     schur, eliminated = _sampled_schur(
@@ -765,7 +787,7 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
         room = jnp.minimum(params.expression - system.lower, system.upper - params.expression)
         _, candidates = jax.lax.top_k(jnp.where(free[:, :n_e] > 0, -room, -jnp.inf), corrections)
         rhs.append(jnp.swapaxes(jax.nn.one_hot(candidates, n_z, dtype=dtype), 1, 2))
-    solved = jax.scipy.linalg.cho_solve((factor, True), jnp.concatenate(rhs, -1))
+    solved = spd_blocks.solve(factor, jnp.concatenate(rhs, -1))
     frame_part, solved_basis = solved[..., 0], solved[..., 1:3]
     # Exact minimisation over global steps W α, the frames eliminated: (Wᵀ S W) α = Wᵀ r.
     reduced = basis[:n_i].T @ (-g_identity) + jnp.einsum("fzk,fz->k", coupled, frame_part)
@@ -829,7 +851,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
     lin = _linearise(params, system, points, weights, face_pixels)
     blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
     free = jnp.concatenate([free_expression, jnp.ones((n_frames, POSE_SIZE), dtype)], -1)
-    factor = _factor_blocks(blocks.frames, free)
+    factor = _factor_blocks(blocks.frames(system.expression_gram), free)
     schur, _ = _sampled_schur(
         system,
         lin,
