@@ -16,9 +16,9 @@ CPU). Without a compiler, for other dtypes, on accelerators, or with
 ``DEEPEXP3D_NATIVE_KERNELS=0``, the same functions run on
 ``jax.lax.linalg`` (LAPACK / cuSOLVER); both paths agree to rounding.
 
-Every function takes leading batch dimensions, is jittable and ``vmap``-able;
-:func:`factor` and :func:`solve` are not differentiable (the fitter only calls
-them inside its custom-VJP solve), :func:`inverse_diagonal` is.
+Every function takes leading batch dimensions and is jittable, ``vmap``-able
+and differentiable (derivatives, when asked for, are those of the
+``jax.lax.linalg`` path).
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ import numpy as np
 
 from morphable.paths import cache_dir
 
-__all__ = ["factor", "factor_gram", "gram_blocks", "solve", "inverse_diagonal", "native_available", "NATIVE_ENV"]
+__all__ = [
+    "factor",
+    "factor_gram",
+    "factor_gram_interleaved",
+    "gram_blocks",
+    "solve",
+    "solve_interleaved",
+    "take_interleaved",
+    "lane_width", "inverse_diagonal", "factor_inverse_diagonal", "native_available", "NATIVE_ENV"]
 
 NATIVE_ENV = "DEEPEXP3D_NATIVE_KERNELS"
 """Set to ``0`` to always use the ``jax.lax.linalg`` path."""
@@ -50,8 +58,10 @@ _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _TARGETS = {
     "factor": "SpdFactor",
     "factor_gram": "SpdFactorGram",
+    "factor_gram_interleaved": "SpdFactorGramInterleaved",
     "solve": "SpdSolve",
-    "inverse_diagonal": "SpdInverseDiagonal",
+    "solve_interleaved": "SpdSolveInterleaved",
+    "factor_inverse_diagonal": "SpdInverseDiagonal",
 }
 _SUFFIX = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
 
@@ -138,6 +148,20 @@ def _dispatch(native, fallback, dtype, *args):
     return jax.lax.platform_dependent(*args, cpu=native, default=fallback)
 
 
+def _accelerated(native, reference):
+    """``reference``'s function, run by ``native`` where possible, differentiated through ``reference``."""
+
+    @jax.custom_jvp
+    def call(*args):
+        return _dispatch(native, reference, args[0].dtype, *args)
+
+    @call.defjvp
+    def _jvp(primals, tangents):
+        return jax.jvp(reference, primals, tangents)
+
+    return call
+
+
 # ---------------------------------------------------------------- factor
 
 
@@ -157,6 +181,9 @@ def _factor_lapack(blocks: jax.Array, free: jax.Array) -> jax.Array:
 
 def _factor_native(blocks: jax.Array, free: jax.Array) -> jax.Array:
     return _call("factor", jax.ShapeDtypeStruct(blocks.shape, blocks.dtype), blocks, free)
+
+
+_factor = _accelerated(_factor_native, _factor_lapack)
 
 
 def factor(blocks: jax.Array, free: jax.Array | None = None) -> jax.Array:
@@ -184,7 +211,7 @@ def factor(blocks: jax.Array, free: jax.Array | None = None) -> jax.Array:
     blocks = jnp.asarray(blocks)
     free = jnp.ones(blocks.shape[:-1], blocks.dtype) if free is None else jnp.asarray(free, blocks.dtype)
     free = jnp.broadcast_to(free, blocks.shape[:-1])
-    return _dispatch(_factor_native, _factor_lapack, blocks.dtype, blocks, free)
+    return _factor(blocks, free)
 
 
 def gram_blocks(metric, gram, border, corner, shift) -> jax.Array:
@@ -219,6 +246,28 @@ def _factor_gram_native(metric, gram, border, corner, shift, free):
     return _call("factor_gram", result, metric, gram, border, corner, shift, free)
 
 
+def _gram_arguments(metric, gram, border, corner, shift, free):
+    """Validated, dtype-matched arguments of :func:`factor_gram`."""
+    metric, gram, border, corner, shift = (jnp.asarray(x) for x in (metric, gram, border, corner, shift))
+    dtype = metric.dtype
+    gram, border, corner, shift = (x.astype(dtype) for x in (gram, border, corner, shift))
+    m, p = gram.shape[-1], border.shape[-2]
+    gram = gram.reshape(-1, m, m)  # (3, 3, m, m) is accepted too
+    batch = metric.shape[:-1]
+    if metric.shape[-1] != 9 or gram.shape != (9, m, m):
+        raise ValueError(f"factor_gram: metric (..., 9) and gram (9, m, m) expected, got {metric.shape}, {gram.shape}")
+    if border.shape != (*batch, p, m) or corner.shape != (*batch, p, p) or shift.shape != (*batch, m + p):
+        raise ValueError(
+            f"factor_gram: border {border.shape}, corner {corner.shape}, shift {shift.shape} do not match "
+            f"metric {metric.shape} and m = {m}"
+        )
+    free = jnp.ones(shift.shape, dtype) if free is None else jnp.broadcast_to(jnp.asarray(free, dtype), shift.shape)
+    return metric, gram, border, corner, shift, free
+
+
+_factor_gram = _accelerated(_factor_gram_native, _factor_gram_lapack)
+
+
 def factor_gram(metric, gram, border, corner, shift, free=None) -> jax.Array:
     """:func:`factor` of the blocks :func:`gram_blocks` describes, without forming them in memory.
 
@@ -241,21 +290,116 @@ def factor_gram(metric, gram, border, corner, shift, free=None) -> jax.Array:
       ...                   factor(gram_blocks(metric, gram, border, corner, shift)), atol=1e-6))
       True
     """
-    metric, gram, border, corner, shift = (jnp.asarray(x) for x in (metric, gram, border, corner, shift))
-    dtype = metric.dtype
-    gram, border, corner, shift = (x.astype(dtype) for x in (gram, border, corner, shift))
-    m, p = gram.shape[-1], border.shape[-2]
-    gram = gram.reshape(-1, m, m)  # (3, 3, m, m) is accepted too
-    batch = metric.shape[:-1]
-    if metric.shape[-1] != 9 or gram.shape != (9, m, m):
-        raise ValueError(f"factor_gram: metric (..., 9) and gram (9, m, m) expected, got {metric.shape}, {gram.shape}")
-    if border.shape != (*batch, p, m) or corner.shape != (*batch, p, p) or shift.shape != (*batch, m + p):
-        raise ValueError(
-            f"factor_gram: border {border.shape}, corner {corner.shape}, shift {shift.shape} do not match "
-            f"metric {metric.shape} and m = {m}"
-        )
-    free = jnp.ones(shift.shape, dtype) if free is None else jnp.broadcast_to(jnp.asarray(free, dtype), shift.shape)
-    return _dispatch(_factor_gram_native, _factor_gram_lapack, dtype, metric, gram, border, corner, shift, free)
+    metric, gram, border, corner, shift, free = _gram_arguments(metric, gram, border, corner, shift, free)
+    return _factor_gram(metric, gram, border, corner, shift, free)
+
+
+# ---------------------------------------------------------------- interleaved factors
+
+
+def lane_width(dtype) -> int:
+    """Matrices per interleaved chunk: 64 bytes of lanes (16 float32, 8 float64)."""
+    return 64 // np.dtype(dtype).itemsize
+
+
+def _interleave(lower: jax.Array) -> jax.Array:
+    """``(..., F, n, n)`` → ``(..., ceil(F / W), n, n, W)``, padding with identity factors."""
+    width = lane_width(lower.dtype)
+    n_frames, n = lower.shape[-3], lower.shape[-1]
+    chunks = -(-n_frames // width)
+    pad = jnp.broadcast_to(jnp.eye(n, dtype=lower.dtype), (*lower.shape[:-3], chunks * width - n_frames, n, n))
+    padded = jnp.concatenate([lower, pad], -3).reshape(*lower.shape[:-3], chunks, width, n, n)
+    return jnp.moveaxis(padded, -3, -1)
+
+
+def _deinterleave(interleaved: jax.Array, n_frames: int) -> jax.Array:
+    chunks, n, width = interleaved.shape[-4], interleaved.shape[-2], interleaved.shape[-1]
+    frames = jnp.moveaxis(interleaved, -1, -3).reshape(*interleaved.shape[:-4], chunks * width, n, n)
+    return frames[..., :n_frames, :, :]
+
+
+def _factor_gram_interleaved_lapack(metric, gram, border, corner, shift, free):
+    return _interleave(_factor_gram_lapack(metric, gram, border, corner, shift, free))
+
+
+def _factor_gram_interleaved_native(metric, gram, border, corner, shift, free):
+    n = gram.shape[-1] + border.shape[-2]
+    width = lane_width(metric.dtype)
+    chunks = -(-metric.shape[-2] // width)
+    result = jax.ShapeDtypeStruct((*metric.shape[:-2], chunks, n, n, width), metric.dtype)
+    return _call("factor_gram_interleaved", result, metric, gram, border, corner, shift, free)
+
+
+_factor_gram_interleaved = _accelerated(_factor_gram_interleaved_native, _factor_gram_interleaved_lapack)
+
+
+def factor_gram_interleaved(metric, gram, border, corner, shift, free=None) -> jax.Array:
+    """:func:`factor_gram` with the factors interleaved lane by lane, for :func:`solve_interleaved`.
+
+    Chunk ``c`` holds matrices ``c·W … c·W + W − 1`` (``W =`` :func:`lane_width`)
+    as ``[c, i, j, lane]``; the last chunk is padded with identity factors.
+    Skips the CPU kernel's transposition to and from the usual layout when
+    the factors are only solved with.
+
+    Args:
+      metric: ``(..., F, 9)``; gram, border, corner, shift, free: as in :func:`factor_gram`.
+
+    Returns:
+      ``(..., ceil(F / W), n, n, W)``.
+
+    Examples:
+      >>> gram = jnp.zeros((9, 2, 2)).at[0].set(jnp.eye(2))
+      >>> args = (jnp.ones((3, 9)), gram, jnp.zeros((3, 0, 2)), jnp.zeros((3, 0, 0)), jnp.ones((3, 2)))
+      >>> factor_gram_interleaved(*args).shape
+      (1, 2, 2, 16)
+      >>> bool(jnp.allclose(take_interleaved(factor_gram_interleaved(*args), jnp.arange(3)), factor_gram(*args)))
+      True
+    """
+    metric, gram, border, corner, shift, free = _gram_arguments(metric, gram, border, corner, shift, free)
+    if metric.ndim < 2:
+        raise ValueError(f"factor_gram_interleaved: metric must be (..., F, 9), got {metric.shape}")
+    return _factor_gram_interleaved(metric, gram, border, corner, shift, free)
+
+
+def take_interleaved(interleaved: jax.Array, index: jax.Array) -> jax.Array:
+    """Factors ``(K, n, n)`` of matrices ``index (K,)`` from :func:`factor_gram_interleaved` output ``(C, n, n, W)``."""
+    width = interleaved.shape[-1]
+    return interleaved[index // width, :, :, index % width]
+
+
+def _solve_interleaved_lapack(interleaved: jax.Array, rhs: jax.Array) -> jax.Array:
+    return _solve_lapack(_deinterleave(interleaved, rhs.shape[-3]), rhs)
+
+
+def _solve_interleaved_native(interleaved: jax.Array, rhs: jax.Array) -> jax.Array:
+    return _call("solve_interleaved", jax.ShapeDtypeStruct(rhs.shape, rhs.dtype), interleaved, rhs)
+
+
+_solve_interleaved = _accelerated(_solve_interleaved_native, _solve_interleaved_lapack)
+
+
+def solve_interleaved(interleaved: jax.Array, rhs: jax.Array) -> jax.Array:
+    """:func:`solve` with factors from :func:`factor_gram_interleaved`.
+
+    Args:
+      interleaved: ``(..., ceil(F / W), n, n, W)``.
+      rhs: ``(..., F, n, k)``.
+
+    Returns:
+      ``(..., F, n, k)``.
+    """
+    interleaved, rhs = jnp.asarray(interleaved), jnp.asarray(rhs)
+    rhs = rhs.astype(interleaved.dtype)
+    width, n = interleaved.shape[-1], interleaved.shape[-2]
+    if (
+        rhs.ndim < 3
+        or width != lane_width(interleaved.dtype)
+        or rhs.shape[-2] != n
+        or interleaved.shape[-4] != -(-rhs.shape[-3] // width)
+        or rhs.shape[:-3] != interleaved.shape[:-4]
+    ):
+        raise ValueError(f"solve_interleaved: rhs {rhs.shape} does not match interleaved factors {interleaved.shape}")
+    return _solve_interleaved(interleaved, rhs)
 
 
 # ---------------------------------------------------------------- solve
@@ -267,6 +411,9 @@ def _solve_lapack(lower: jax.Array, rhs: jax.Array) -> jax.Array:
 
 def _solve_native(lower: jax.Array, rhs: jax.Array) -> jax.Array:
     return _call("solve", jax.ShapeDtypeStruct(rhs.shape, rhs.dtype), lower, rhs)
+
+
+_solve = _accelerated(_solve_native, _solve_lapack)
 
 
 def solve(lower: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -289,45 +436,55 @@ def solve(lower: jax.Array, rhs: jax.Array) -> jax.Array:
     rhs = rhs.astype(lower.dtype)
     if rhs.shape[:-1] != lower.shape[:-1]:
         raise ValueError(f"solve: rhs {rhs.shape} does not match factors {lower.shape} (want (..., n, k))")
-    return _dispatch(_solve_native, _solve_lapack, lower.dtype, lower, rhs)
+    return _solve(lower, rhs)
 
 
 # ---------------------------------------------------------------- inverse diagonal
 
 
-def _inverse_diagonal_lapack(blocks: jax.Array) -> jax.Array:
-    lower = jnp.linalg.cholesky(blocks)
-    eye = jnp.broadcast_to(jnp.eye(blocks.shape[-1], dtype=blocks.dtype), blocks.shape)
+def _factor_inverse_diagonal_lapack(lower: jax.Array) -> jax.Array:
+    eye = jnp.broadcast_to(jnp.eye(lower.shape[-1], dtype=lower.dtype), lower.shape)
     inverse_factor = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
     return jnp.sum(inverse_factor**2, axis=-2)  # diag(A⁻¹) = column norms² of L⁻¹
 
 
-def _inverse_diagonal_native(blocks: jax.Array) -> jax.Array:
-    return _call("inverse_diagonal", jax.ShapeDtypeStruct(blocks.shape[:-1], blocks.dtype), blocks)
+def _factor_inverse_diagonal_native(lower: jax.Array) -> jax.Array:
+    return _call("factor_inverse_diagonal", jax.ShapeDtypeStruct(lower.shape[:-1], lower.dtype), lower)
 
 
-@jax.custom_jvp
+_factor_inverse_diagonal = _accelerated(_factor_inverse_diagonal_native, _factor_inverse_diagonal_lapack)
+
+
+def factor_inverse_diagonal(lower: jax.Array) -> jax.Array:
+    """``diag((L Lᵀ)⁻¹)`` from Cholesky factors (e.g. variances from a factored normal matrix).
+
+    Args:
+      lower: ``(..., n, n)`` lower-triangular factors (:func:`factor`, :func:`factor_gram`).
+
+    Returns:
+      ``(..., n)``.
+
+    Examples:
+      >>> factor_inverse_diagonal(factor(jnp.array([[4.0, 0.0], [0.0, 0.5]])))
+      Array([0.25, 2.  ], dtype=float32)
+    """
+    return _factor_inverse_diagonal(jnp.asarray(lower))
+
+
 def inverse_diagonal(blocks: jax.Array) -> jax.Array:
-    """Diagonal of the inverse of symmetric positive definite blocks (e.g. variances from a normal matrix).
+    """Diagonal of the inverse of symmetric positive definite blocks.
+
+    A block that is not positive definite at the working precision gets the
+    inverse of its diagonal (the :func:`factor` fallback).
 
     Args:
       blocks: ``(..., n, n)`` symmetric positive definite.
 
     Returns:
-      ``(..., n)`` ``diag(A⁻¹)``; NaN for a block that is not positive definite.
-      Differentiable (``d diag(A⁻¹) = −diag(A⁻¹ dA A⁻¹)``).
+      ``(..., n)`` ``diag(A⁻¹)``.
 
     Examples:
       >>> inverse_diagonal(jnp.array([[4.0, 0.0], [0.0, 0.5]]))
       Array([0.25, 2.  ], dtype=float32)
     """
-    blocks = jnp.asarray(blocks)
-    return _dispatch(_inverse_diagonal_native, _inverse_diagonal_lapack, blocks.dtype, blocks)
-
-
-@inverse_diagonal.defjvp
-def _inverse_diagonal_jvp(primals, tangents):
-    (blocks,), (tangent,) = primals, tangents
-    inverse = jnp.linalg.inv(blocks)
-    tangent_out = -jnp.einsum("...ij,...jk,...ki->...i", inverse, tangent, inverse)
-    return inverse_diagonal(blocks), tangent_out
+    return factor_inverse_diagonal(factor(blocks))

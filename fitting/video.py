@@ -45,7 +45,7 @@ from fitting.video_solve import (
     LandmarkSystem,
     VideoParameters,
     block_preconditioner,
-    expression_blocks,
+    expression_factor,
     gauss_newton,
     landmark_system,
     project_landmarks,
@@ -326,8 +326,7 @@ def _safe_sqrt(x):
 
 def _expression_std(params, system, weights, exists, size, config):
     """``(F, n_e)`` sqrt of the diagonal of the inverse expression normal block of each frame."""
-    blocks = expression_blocks(params, system, weights, exists, size, config)
-    variance = spd_blocks.inverse_diagonal(blocks)
+    variance = spd_blocks.factor_inverse_diagonal(expression_factor(params, system, weights, exists, size, config))
     return _safe_sqrt(jnp.where(jnp.isfinite(variance), variance, 0.0))
 
 

@@ -95,6 +95,7 @@ __all__ = [
     "energy_gradient",
     "frame_blocks",
     "expression_blocks",
+    "expression_factor",
     "gauss_newton",
     "block_preconditioner",
     "POSE_SIZE",
@@ -486,8 +487,8 @@ class _Blocks:
         return spd_blocks.gram_blocks(self.metric, gram, self.border, self.corner, self.shift)
 
     def factor(self, gram: jax.Array, free: jax.Array) -> jax.Array:
-        """Cholesky factors of the blocks with the held coordinates (``free == 0``) removed."""
-        return spd_blocks.factor_gram(self.metric, gram, self.border, self.corner, self.shift, free)
+        """Interleaved Cholesky factors of the blocks with the held coordinates (``free == 0``) removed."""
+        return spd_blocks.factor_gram_interleaved(self.metric, gram, self.border, self.corner, self.shift, free)
 
 
 def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
@@ -551,6 +552,21 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
     return blocks.frames(system.expression_gram), blocks.identity
 
 
+def _expression_parts(params, system, weights, exists, face_pixels, config):
+    """Gram weights ``(F, 9)`` and diagonal ``(F, n_e)`` of :func:`expression_blocks`."""
+    n_frames = params.expression.shape[0]
+    rows = axis_angle_to_matrix(params.rotation)[:, :2]
+    has_data = jnp.any(weights > 0, axis=-1).astype(rows.dtype)
+    data_scale = _landmark_weight(config, face_pixels) * has_data * jnp.exp(2.0 * params.log_scale)
+    metric = data_scale[:, None, None] * jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1)
+    diagonal = (
+        config.expression_prior_weight * exists
+        + temporal_diagonal(exists, config.expression_velocity_weight, config.expression_acceleration_weight, False)
+        + config.damping
+    )
+    return metric.reshape(n_frames, 9), jnp.broadcast_to(diagonal[:, None], params.expression.shape)
+
+
 def expression_blocks(params, system, weights, exists, face_pixels, config) -> jax.Array:
     """``(F, n_e, n_e)`` half the Hessian of the energy in each frame's expression alone.
 
@@ -558,19 +574,18 @@ def expression_blocks(params, system, weights, exists, face_pixels, config) -> j
     diagonal of the temporal terms: the expression normal block with pose,
     identity and neighbouring frames fixed.
     """
-    n_e = system.n_expression
-    n_frames = params.expression.shape[0]
-    rows = axis_angle_to_matrix(params.rotation)[:, :2]
-    has_data = jnp.any(weights > 0, axis=-1).astype(rows.dtype)
-    data_scale = _landmark_weight(config, face_pixels) * has_data * jnp.exp(2.0 * params.log_scale)
-    metric = data_scale[:, None, None] * jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1)
-    blocks = (metric.reshape(n_frames, 9) @ system.expression_gram.reshape(9, n_e * n_e)).reshape(n_frames, n_e, n_e)
-    diagonal = (
-        config.expression_prior_weight * exists
-        + temporal_diagonal(exists, config.expression_velocity_weight, config.expression_acceleration_weight, False)
-        + config.damping
-    )
-    return blocks + diagonal[:, None, None] * jnp.eye(n_e, dtype=blocks.dtype)
+    metric, diagonal = _expression_parts(params, system, weights, exists, face_pixels, config)
+    n_frames = metric.shape[0]
+    empty = jnp.zeros((n_frames, 0, system.n_expression), metric.dtype)
+    return spd_blocks.gram_blocks(metric, system.expression_gram, empty, empty[:, :, :0], diagonal)
+
+
+def expression_factor(params, system, weights, exists, face_pixels, config) -> jax.Array:
+    """``(F, n_e, n_e)`` Cholesky factors of :func:`expression_blocks`, without forming the blocks."""
+    metric, diagonal = _expression_parts(params, system, weights, exists, face_pixels, config)
+    n_frames = metric.shape[0]
+    empty = jnp.zeros((n_frames, 0, system.n_expression), metric.dtype)
+    return spd_blocks.factor_gram(metric, system.expression_gram, empty, empty[:, :, :0], diagonal)
 
 
 def _cross(system, lin: _Linearisation, blocks: _Blocks, vectors: jax.Array) -> jax.Array:
@@ -622,7 +637,7 @@ def _sample_frames(has_data: jax.Array, count: int):
     return index, weight.astype(has_data.dtype)
 
 
-def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples: int, identity_prior, anchor: bool):
+def _sampled_schur(system, lin, blocks: _Blocks, factor_of, free, g_frames, samples: int, identity_prior, anchor: bool):
     """Schur complement and reduced gradient of the global unknowns, estimated on a frame sample.
 
     The global unknowns are the identity step and, with ``anchor``, the
@@ -631,7 +646,8 @@ def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples
     majoriser). Returns ``S ≈ Σ_f (G_f − B_fᵀ D_f⁻¹ B_f) + prior`` — a weighted
     sum of per-frame positive semi-definite terms — and ``Σ_f B_fᵀ D_f⁻¹ g_f``:
     ``n_i + n_z + 1`` right-hand sides per sampled frame, the expensive part,
-    so the sample size is fixed.
+    so the sample size is fixed. ``factor_of(index)`` gives the Cholesky
+    factors ``(K, n_z, n_z)`` of the frames ``index``.
     """
     index, weight = _sample_frames(blocks.frame_weight, samples)
     n_samples = index.shape[0]
@@ -641,9 +657,10 @@ def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples
     metric = lin.view_metric[index]
     scaled_metric = (data_scale[:, None, None] * metric).reshape(n_samples, 9)
     cross_e = (scaled_metric @ system.cross_gram.reshape(9, -1)).reshape(n_samples, n_e, n_i)
-    projected_basis = jnp.einsum("jci,lin->jlcn", lin.projection[index], system.identity)  # P_j A_l
-    jacobian = lin.pose_jacobian[index].reshape(n_samples, -1, POSE_SIZE)
-    cross_p = jnp.einsum("jxp,jxn->jpn", jacobian, projected_basis.reshape(n_samples, -1, n_i))
+    # Σ_l J_jlᵀ P_j A_l: pull P_j onto the (small) pose Jacobian first, then one plain
+    # (K·6, 3L) × (3L, n_i) product with the shared basis.
+    pulled = jnp.einsum("jlcp,jci->jpli", lin.pose_jacobian[index], lin.projection[index])
+    cross_p = (pulled.reshape(n_samples * POSE_SIZE, -1) @ _flat(system.identity)).reshape(n_samples, POSE_SIZE, n_i)
     cross_p = cross_p * blocks.frame_weight[index][:, None, None]
     sample_free = free[index]
     coupling = [jnp.concatenate([cross_e, cross_p], 1) * sample_free[..., None]]
@@ -656,7 +673,7 @@ def _sampled_schur(system, lin, blocks: _Blocks, factor, free, g_frames, samples
     coupling = jnp.concatenate(coupling, -1)  # (K, n_z, n_g)
     n_global = coupling.shape[-1]
     rhs = jnp.concatenate([coupling, (g_frames * free)[index][..., None]], -1)
-    solved = spd_blocks.solve(factor[index], rhs)
+    solved = spd_blocks.solve(factor_of(index), rhs)
     eliminated = (weight[:, None, None] * coupling).reshape(-1, n_global).T @ solved.reshape(-1, n_global + 1)
     schur = jax.scipy.linalg.block_diag(*own) - eliminated[:, :n_global]
     prior = jnp.concatenate([jnp.full((n_i,), identity_prior), jnp.zeros((n_global - n_i,))]).astype(schur.dtype)
@@ -769,7 +786,15 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
     g_frames = g_frames * free
 
     schur, eliminated = _sampled_schur(
-        system, lin, blocks, factor, free, g_frames, config.schur_samples, config.identity_prior_weight, anchor
+        system,
+        lin,
+        blocks,
+        lambda index: spd_blocks.take_interleaved(factor, index),
+        free,
+        g_frames,
+        config.schur_samples,
+        config.identity_prior_weight,
+        anchor,
     )
     global_gradient = jnp.concatenate([g_identity, jnp.zeros((n_z,), dtype)]) if anchor else g_identity
     direction = jax.scipy.linalg.cho_solve((_spd_factor(schur), True), eliminated - global_gradient)
@@ -787,7 +812,7 @@ def _newton_step(params, system, lin, blocks, g_identity, g_frames, previous_glo
         room = jnp.minimum(params.expression - system.lower, system.upper - params.expression)
         _, candidates = jax.lax.top_k(jnp.where(free[:, :n_e] > 0, -room, -jnp.inf), corrections)
         rhs.append(jnp.swapaxes(jax.nn.one_hot(candidates, n_z, dtype=dtype), 1, 2))
-    solved = spd_blocks.solve(factor, jnp.concatenate(rhs, -1))
+    solved = spd_blocks.solve_interleaved(factor, jnp.concatenate(rhs, -1))
     frame_part, solved_basis = solved[..., 0], solved[..., 1:3]
     # Exact minimisation over global steps W α, the frames eliminated: (Wᵀ S W) α = Wᵀ r.
     reduced = basis[:n_i].T @ (-g_identity) + jnp.einsum("fzk,fz->k", coupled, frame_part)
@@ -856,7 +881,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
         system,
         lin,
         blocks,
-        factor,
+        lambda index: factor[index],
         free,
         jnp.zeros_like(free),
         n_frames,

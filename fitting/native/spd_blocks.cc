@@ -175,11 +175,11 @@ void factor_chunk(const S* a, const S* free, S* out, int64_t first, int64_t coun
 // are masked as in load_masked.
 template <typename S>
 void factor_gram_chunk(const S* metric, const S* gram, const S* border, const S* corner, const S* shift,
-                       const S* free, S* out, int64_t first, int64_t count, int64_t m, int64_t p) {
+                       const S* free, S* out, S* interleaved, int64_t first, int64_t count, int64_t m, int64_t p) {
   using V = typename Lanes<S>::Vector;
   constexpr int64_t W = Lanes<S>::kWidth;
   const int64_t n = m + p;
-  std::unique_ptr<V[]> scratch(new V[n * n + 2 * n + 9]);
+  std::unique_ptr<V[]> scratch(new V[n * n + 2 * n + 9]());
   V* blocks = scratch.get();
   S* lanes = reinterpret_cast<S*>(blocks);
   S* diagonal = reinterpret_cast<S*>(blocks + n * n);
@@ -217,7 +217,18 @@ void factor_gram_chunk(const S* metric, const S* gram, const S* border, const S*
   save_diagonal(lanes, n, diagonal);
   bool failed[W] = {};
   cholesky_lanes<S>(n, blocks, failed);
-  store_factor(lanes, diagonal, failed, out, first, count, n);
+  if (interleaved == nullptr) {
+    store_factor(lanes, diagonal, failed, out, first, count, n);
+    return;
+  }
+  // Interleaved output: the chunk's lanes as they are (upper triangle zero).
+  for (int64_t t = 0; t < W; ++t) {
+    if (!failed[t]) continue;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j <= i; ++j)
+        lanes[(i * n + j) * W + t] = i == j ? std::sqrt(std::max(diagonal[i * W + t], S(1e-12))) : S(0);
+  }
+  std::memcpy(interleaved, lanes, sizeof(S) * n * n * W);
 }
 
 template <typename S>
@@ -272,34 +283,79 @@ void solve_chunk(const S* factor, const S* rhs, S* out, int64_t first, int64_t c
   }
 }
 
+// diag((L Lᵀ)⁻¹) from the factor: Z = L⁻¹ by forward substitution, then
+// diag(A⁻¹)_j = Σ_i Z_ij² (column norms of L⁻¹).
+// As solve_chunk, with the factors already interleaved (one chunk: n * n * W scalars).
 template <typename S>
-void inverse_diagonal_chunk(const S* a, S* out, int64_t first, int64_t count, int64_t n) {
+void solve_interleaved_chunk(const S* chunk, const S* rhs, S* out, int64_t first, int64_t count, int64_t n,
+                             int64_t k) {
   using V = typename Lanes<S>::Vector;
   constexpr int64_t W = Lanes<S>::kWidth;
-  std::unique_ptr<V[]> scratch(new V[n * n]);
+  std::unique_ptr<V[]> lower(new V[n * n]);
+  std::unique_ptr<V[]> x(new V[n * k]);
+  std::memcpy(lower.get(), chunk, sizeof(S) * n * n * W);
+  S* b = reinterpret_cast<S*>(x.get());
+  for (int64_t t = 0; t < W; ++t) {
+    const S* r = rhs + (first + t) * n * k;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < k; ++c) b[(i * k + c) * W + t] = t < count ? r[i * k + c] : S(0);
+  }
+  // Padding lanes hold identity factors (factor_gram writes them so).
+  const V* L = lower.get();
+  V* X = x.get();
+  for (int64_t i = 0; i < n; ++i) {
+    V* xi = X + i * k;
+    for (int64_t j = 0; j < i; ++j) {
+      const V lij = L[i * n + j];
+      const V* xj = X + j * k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= lij * xj[c];
+    }
+    const V inverse = S(1) / L[i * n + i];
+    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    V* xi = X + i * k;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const V lji = L[j * n + i];
+      const V* xj = X + j * k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= lji * xj[c];
+    }
+    const V inverse = S(1) / L[i * n + i];
+    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
+  }
+  for (int64_t t = 0; t < count; ++t) {
+    S* o = out + (first + t) * n * k;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < k; ++c) o[i * k + c] = b[(i * k + c) * W + t];
+  }
+}
+
+template <typename S>
+void inverse_diagonal_chunk(const S* factor, S* out, int64_t first, int64_t count, int64_t n) {
+  using V = typename Lanes<S>::Vector;
+  constexpr int64_t W = Lanes<S>::kWidth;
+  std::unique_ptr<V[]> lower(new V[n * n]);
   std::unique_ptr<V[]> inverse(new V[n * n]);
-  load_masked<S>(a, nullptr, first, count, n, reinterpret_cast<S*>(scratch.get()));
-  bool failed[W] = {};
-  V* L = scratch.get();
-  cholesky_lanes<S>(n, L, failed);
-  // Z = L⁻¹ (lower) by forward substitution, then diag(A⁻¹)_j = Σ_i Z_ij².
+  S* l = reinterpret_cast<S*>(lower.get());
+  for (int64_t t = 0; t < W; ++t)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j <= i; ++j)
+        l[(i * n + j) * W + t] = t < count ? factor[((first + t) * n + i) * n + j] : (i == j ? S(1) : S(0));
+  const V* L = lower.get();
   V* Z = inverse.get();
   for (int64_t i = 0; i < n; ++i) {
     const V d = S(1) / L[i * n + i];
     for (int64_t j = 0; j < i; ++j) {
-      V acc = V{} ;
+      V acc = V{};
       for (int64_t m = j; m < i; ++m) acc += L[i * n + m] * Z[m * n + j];
       Z[i * n + j] = -acc * d;
     }
     Z[i * n + i] = d;
   }
-  for (int64_t t = 0; t < count; ++t) {
-    S* o = out + (first + t) * n;
-    for (int64_t j = 0; j < n; ++j) {
-      S sum = S(0);
-      for (int64_t i = j; i < n; ++i) sum += Z[i * n + j][t] * Z[i * n + j][t];
-      o[j] = failed[t] ? std::nan("") : sum;
-    }
+  for (int64_t j = 0; j < n; ++j) {
+    V sum = V{};
+    for (int64_t i = j; i < n; ++i) sum += Z[i * n + j] * Z[i * n + j];
+    for (int64_t t = 0; t < count; ++t) out[(first + t) * n + j] = sum[t];
   }
 }
 
@@ -322,11 +378,12 @@ ffi::Error factor_impl(ffi::ThreadPool pool, ffi::Buffer<T> blocks, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-template <ffi::DataType T>
+template <ffi::DataType T, bool kInterleaved>
 ffi::Error factor_gram_impl(ffi::ThreadPool pool, ffi::Buffer<T> metric, ffi::Buffer<T> gram, ffi::Buffer<T> border,
                             ffi::Buffer<T> corner, ffi::Buffer<T> shift, ffi::Buffer<T> free,
                             ffi::ResultBuffer<T> factor) {
   using S = ffi::NativeType<T>;
+  constexpr int64_t W = Lanes<S>::kWidth;
   const auto gram_dims = gram.dimensions();
   const auto border_dims = border.dimensions();
   if (gram_dims.size() < 3 || border_dims.size() < 2)
@@ -341,6 +398,9 @@ ffi::Error factor_gram_impl(ffi::ThreadPool pool, ffi::Buffer<T> metric, ffi::Bu
       free.element_count() != matrices * n)
     return ffi::Error::InvalidArgument("spd_factor_gram: inconsistent shapes");
   const int64_t per_group = matrices / groups;
+  const int64_t chunks = (per_group + W - 1) / W;
+  if (kInterleaved && factor->element_count() != groups * chunks * n * n * W)
+    return ffi::Error::InvalidArgument("spd_factor_gram: interleaved output must be (..., ceil(F / W), n, n, W)");
   const S* metric_data = metric.typed_data();
   const S* gram_data = gram.typed_data();
   const S* border_data = border.typed_data();
@@ -351,11 +411,42 @@ ffi::Error factor_gram_impl(ffi::ThreadPool pool, ffi::Buffer<T> metric, ffi::Bu
   // Chunks never straddle two groups (vmapped videos with their own Gram matrices).
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t offset = g * per_group;
-    for_chunks(pool, per_group, Lanes<S>::kWidth, [&](int64_t first, int64_t count) {
+    for_chunks(pool, per_group, W, [&](int64_t first, int64_t count) {
       const int64_t f = offset + first;
+      S* interleaved = kInterleaved ? out + (g * chunks + first / W) * n * n * W : nullptr;
       factor_gram_chunk<S>(metric_data + f * 9, gram_data + g * 9 * m * m, border_data + f * p * m,
-                           corner_data + f * p * p, shift_data + f * n, free_data + f * n, out + f * n * n, 0, count,
-                           m, p);
+                           corner_data + f * p * p, shift_data + f * n, free_data + f * n,
+                           kInterleaved ? nullptr : out + f * n * n, interleaved, 0, count, m, p);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType T>
+ffi::Error solve_interleaved_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, ffi::Buffer<T> rhs,
+                                  ffi::ResultBuffer<T> solution) {
+  using S = ffi::NativeType<T>;
+  constexpr int64_t W = Lanes<S>::kWidth;
+  const auto dims = factor.dimensions();
+  const auto rhs_dims = rhs.dimensions();
+  if (dims.size() < 4 || rhs_dims.size() < 3 || dims.back() != W)
+    return ffi::Error::InvalidArgument("spd_solve_interleaved: factor (..., C, n, n, W) and rhs (..., F, n, k) expected");
+  const int64_t n = dims[dims.size() - 2];
+  const int64_t chunks = dims[dims.size() - 4];
+  const int64_t frames = rhs_dims[rhs_dims.size() - 3];
+  const int64_t k = rhs_dims.back();
+  if (rhs_dims[rhs_dims.size() - 2] != n || chunks != (frames + W - 1) / W || frames == 0)
+    return ffi::Error::InvalidArgument("spd_solve_interleaved: rhs does not match the factors");
+  const int64_t groups = rhs.element_count() / (frames * n * k);
+  if (factor.element_count() != groups * chunks * n * n * W)
+    return ffi::Error::InvalidArgument("spd_solve_interleaved: batch of rhs and factors differ");
+  const S* f = factor.typed_data();
+  const S* b = rhs.typed_data();
+  S* out = solution->typed_data();
+  for (int64_t g = 0; g < groups; ++g) {
+    for_chunks(pool, frames, W, [&](int64_t first, int64_t count) {
+      solve_interleaved_chunk<S>(f + (g * chunks + first / W) * n * n * W, b + g * frames * n * k,
+                                 out + g * frames * n * k, first, count, n, k);
     });
   }
   return ffi::Error::Success();
@@ -383,17 +474,17 @@ ffi::Error solve_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, ffi::Buffer<T
 }
 
 template <ffi::DataType T>
-ffi::Error inverse_diagonal_impl(ffi::ThreadPool pool, ffi::Buffer<T> blocks, ffi::ResultBuffer<T> diagonal) {
+ffi::Error inverse_diagonal_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, ffi::ResultBuffer<T> diagonal) {
   using S = ffi::NativeType<T>;
-  const auto dims = blocks.dimensions();
+  const auto dims = factor.dimensions();
   if (dims.size() < 2 || dims[dims.size() - 1] != dims[dims.size() - 2])
-    return ffi::Error::InvalidArgument("spd_inverse_diagonal: blocks must be (..., n, n)");
+    return ffi::Error::InvalidArgument("spd_inverse_diagonal: factor must be (..., n, n)");
   const int64_t n = dims.back();
-  const int64_t matrices = n ? blocks.element_count() / (n * n) : 0;
-  const S* a = blocks.typed_data();
+  const int64_t matrices = n ? factor.element_count() / (n * n) : 0;
+  const S* f = factor.typed_data();
   S* out = diagonal->typed_data();
   for_chunks(pool, matrices, Lanes<S>::kWidth,
-             [&](int64_t first, int64_t count) { inverse_diagonal_chunk<S>(a, out, first, count, n); });
+             [&](int64_t first, int64_t count) { inverse_diagonal_chunk<S>(f, out, first, count, n); });
   return ffi::Error::Success();
 }
 
@@ -410,6 +501,10 @@ DEEPEXP3D_DEFINE(SpdSolveF32, solve_impl, ffi::F32,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
 DEEPEXP3D_DEFINE(SpdSolveF64, solve_impl, ffi::F64,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F64>>().Arg<ffi::Buffer<ffi::F64>>().Ret<ffi::Buffer<ffi::F64>>());
+DEEPEXP3D_DEFINE(SpdSolveInterleavedF32, solve_interleaved_impl, ffi::F32,
+                 ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+DEEPEXP3D_DEFINE(SpdSolveInterleavedF64, solve_interleaved_impl, ffi::F64,
+                 ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F64>>().Arg<ffi::Buffer<ffi::F64>>().Ret<ffi::Buffer<ffi::F64>>());
 DEEPEXP3D_DEFINE(SpdInverseDiagonalF32, inverse_diagonal_impl, ffi::F32,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
 DEEPEXP3D_DEFINE(SpdInverseDiagonalF64, inverse_diagonal_impl, ffi::F64,
@@ -424,5 +519,9 @@ DEEPEXP3D_DEFINE(SpdInverseDiagonalF64, inverse_diagonal_impl, ffi::F64,
       .Arg<ffi::Buffer<TYPE>>()                                                                         \
       .Arg<ffi::Buffer<TYPE>>()                                                                         \
       .Ret<ffi::Buffer<TYPE>>()
-DEEPEXP3D_DEFINE(SpdFactorGramF32, factor_gram_impl, ffi::F32, DEEPEXP3D_GRAM_BINDING(ffi::F32));
-DEEPEXP3D_DEFINE(SpdFactorGramF64, factor_gram_impl, ffi::F64, DEEPEXP3D_GRAM_BINDING(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdFactorGramF32, (factor_gram_impl<ffi::F32, false>), DEEPEXP3D_GRAM_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdFactorGramF64, (factor_gram_impl<ffi::F64, false>), DEEPEXP3D_GRAM_BINDING(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdFactorGramInterleavedF32, (factor_gram_impl<ffi::F32, true>),
+                              DEEPEXP3D_GRAM_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdFactorGramInterleavedF64, (factor_gram_impl<ffi::F64, true>),
+                              DEEPEXP3D_GRAM_BINDING(ffi::F64));
