@@ -392,14 +392,20 @@ ffi::Error factor_gram_impl(ffi::ThreadPool pool, ffi::Buffer<T> metric, ffi::Bu
   const int64_t p = border_dims[border_dims.size() - 2];
   const int64_t n = m + p;
   const int64_t matrices = metric.element_count() / 9;
+  const auto metric_dims = metric.dimensions();
+  // Runs of consecutive matrices (the last axis before the 9 weights); each run
+  // starts a new interleaved chunk. Runs share Gram matrices in groups
+  // (vmapped videos carry their own Gram matrices).
+  const int64_t per_run = metric_dims.size() >= 2 ? metric_dims[metric_dims.size() - 2] : matrices;
+  const int64_t runs = per_run ? matrices / per_run : 0;
   const int64_t groups = m ? gram.element_count() / (9 * m * m) : 0;
-  if (groups == 0 || matrices % groups != 0 || border.element_count() != matrices * p * m ||
+  if (groups == 0 || runs % groups != 0 || border.element_count() != matrices * p * m ||
       corner.element_count() != matrices * p * p || shift.element_count() != matrices * n ||
       free.element_count() != matrices * n)
     return ffi::Error::InvalidArgument("spd_factor_gram: inconsistent shapes");
-  const int64_t per_group = matrices / groups;
-  const int64_t chunks = (per_group + W - 1) / W;
-  if (kInterleaved && factor->element_count() != groups * chunks * n * n * W)
+  const int64_t runs_per_group = runs / groups;
+  const int64_t chunks = (per_run + W - 1) / W;
+  if (kInterleaved && factor->element_count() != runs * chunks * n * n * W)
     return ffi::Error::InvalidArgument("spd_factor_gram: interleaved output must be (..., ceil(F / W), n, n, W)");
   const S* metric_data = metric.typed_data();
   const S* gram_data = gram.typed_data();
@@ -408,15 +414,15 @@ ffi::Error factor_gram_impl(ffi::ThreadPool pool, ffi::Buffer<T> metric, ffi::Bu
   const S* shift_data = shift.typed_data();
   const S* free_data = free.typed_data();
   S* out = factor->typed_data();
-  // Chunks never straddle two groups (vmapped videos with their own Gram matrices).
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t offset = g * per_group;
-    for_chunks(pool, per_group, W, [&](int64_t first, int64_t count) {
+  for (int64_t r = 0; r < runs; ++r) {
+    const int64_t offset = r * per_run;
+    const S* run_gram = gram_data + (r / runs_per_group) * 9 * m * m;
+    for_chunks(pool, per_run, W, [&](int64_t first, int64_t count) {
       const int64_t f = offset + first;
-      S* interleaved = kInterleaved ? out + (g * chunks + first / W) * n * n * W : nullptr;
-      factor_gram_chunk<S>(metric_data + f * 9, gram_data + g * 9 * m * m, border_data + f * p * m,
-                           corner_data + f * p * p, shift_data + f * n, free_data + f * n,
-                           kInterleaved ? nullptr : out + f * n * n, interleaved, 0, count, m, p);
+      S* interleaved = kInterleaved ? out + (r * chunks + first / W) * n * n * W : nullptr;
+      factor_gram_chunk<S>(metric_data + f * 9, run_gram, border_data + f * p * m, corner_data + f * p * p,
+                           shift_data + f * n, free_data + f * n, kInterleaved ? nullptr : out + f * n * n,
+                           interleaved, 0, count, m, p);
     });
   }
   return ffi::Error::Success();

@@ -68,8 +68,10 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent(
         return points.astype(np.float32)
 
     # Fixed iteration count: a per-video tolerance test could stop one iteration
-    # apart on float noise, which is not what this compares.
-    config = VideoFitConfig(tolerance=0.0, min_valid_frames=3)
+    # apart on float noise, which is not what this compares. Six iterations stay
+    # short of float32 convergence (around the ninth, where "no step lowers the
+    # energy" may stop one run an iteration before the other).
+    config = VideoFitConfig(tolerance=0.0, min_valid_frames=3, iterations=6)
     videos = [video(9, 1), video(14, 2)]
     batched = fit_videos(model, videos, config=config, bucket_sizes=(16,), batch_size=2)
     report = {"devices": len(jax.devices()), "max_difference": {}}
