@@ -4,9 +4,12 @@ Each video is padded to the smallest bucket length that holds it (padding
 frames take no part in any term of the energy, see
 :func:`fitting.video.fit_video_arrays`), videos of a bucket are stacked in
 batches of a fixed size (the last batch padded with empty videos), and one
-program — ``jit(vmap(fit_video_arrays))`` — serves every batch of a bucket, so
-the fit compiles once per bucket. With several local devices the batch axis is
-sharded over a 1-D device mesh (``NamedSharding``); the model is replicated.
+program serves every batch of a bucket, so the fit compiles once per bucket.
+The batch axis is split over the local devices (``shard_map`` over a 1-D
+mesh; the model is replicated); each accelerator ``vmap``s its videos, each
+CPU device fits its videos one after another (``lax.map``: the frames are
+already vectorised, and on XLA:CPU a vmapped batch turns plain matrix
+products into slower batched ones).
 
 Examples:
   >>> import numpy as np, jax.numpy as jnp
@@ -25,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -41,10 +45,30 @@ __all__ = ["fit_videos", "fit_video_batch", "bucket_length", "DEFAULT_BUCKETS"]
 DEFAULT_BUCKETS = (64, 256, 1024, 4096)
 """Default bucket lengths (frames); longer videos go to ×4 multiples of the last one."""
 
-_fit_batch = jax.jit(
-    jax.vmap(fit_video_arrays, in_axes=(None, 0, 0, 0, None)),
-    static_argnames=("config",),
-)
+def _fit_shard(model, landmarks2d, mask, exists, config, sequential: bool):
+    """Fit the videos of one device's shard: one after another (``lax.map``) or together (``vmap``)."""
+    if sequential:
+        return jax.lax.map(lambda video: fit_video_arrays(model, *video, config), (landmarks2d, mask, exists))
+    return jax.vmap(fit_video_arrays, in_axes=(None, 0, 0, 0, None))(model, landmarks2d, mask, exists, config)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def _fit_batch(model, landmarks2d, mask, exists, config, mesh):
+    # On a CPU the per-frame work is already vectorised over the frames and a
+    # vmapped batch only turns plain matrix products into slower batched ones,
+    # so each device fits its videos in turn; accelerators vmap them.
+    sequential = all(device.platform == "cpu" for device in mesh.devices.flat)
+    videos = PartitionSpec("videos")
+    fit = jax.shard_map(
+        partial(_fit_shard, config=config, sequential=sequential),
+        mesh=mesh,
+        in_specs=(PartitionSpec(), videos, videos, videos),
+        out_specs=videos,
+        # The fit's loops start from constants that become per-video values; each
+        # shard's computation is independent, so no replication bookkeeping is needed.
+        check_vma=False,
+    )
+    return fit(model, landmarks2d, mask, exists)
 
 
 def bucket_length(n_frames: int, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS) -> int:
@@ -106,6 +130,7 @@ def fit_video_batch(
         jax.device_put(jnp.asarray(mask, bool), sharded),
         jax.device_put(jnp.asarray(exists, bool), sharded),
         config,
+        sharded.mesh,
     )
 
 
