@@ -393,6 +393,7 @@ class _Linearisation:
     projection: jax.Array  # (F, 2, 3) P_f = s D R[:2]
     view_metric: jax.Array  # (F, 3, 3) M_f = R[:2]ᵀ R[:2] = I − n nᵀ
     pose_jacobian: jax.Array  # (F, L, 2, 6) ∂π/∂pose
+    rotation_axes: jax.Array  # (F, 3, 3) rows v_m = Rᵀ J_l(ω) e_m: ∂(R X)/∂ω_m = R (v_m × X)
     scale_squared: jax.Array  # (F,)
     residual: jax.Array  # (F, L, 2) weighted residual w (π − y), pixels
     face_pixels: jax.Array  # ()
@@ -422,6 +423,7 @@ def _linearise(params, system, points2d, weights, face_pixels) -> _Linearisation
         projection=projection,
         view_metric=jnp.sum(rows[:, :, :, None] * rows[:, :, None, :], 1),
         pose_jacobian=pose_jacobian,
+        rotation_axes=jnp.sum(u[:, 0, :, :, None] * rotation[:, None, :, :], 2),
         scale_squared=scale**2,
         residual=residual,
         face_pixels=jnp.asarray(face_pixels, dtype),
@@ -491,7 +493,8 @@ class _Blocks:
         return spd_blocks.factor_gram_interleaved(self.metric, gram, self.border, self.corner, self.shift, free)
 
 
-def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
+def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
+    identity, expression = params.identity, params.expression
     n_frames = lin.residual.shape[0]
     n_e = system.n_expression
     dtype = lin.residual.dtype
@@ -510,11 +513,20 @@ def _blocks(system, lin: _Linearisation, weights, exists, landmark_weight, confi
     diag_p = temporal_p + config.damping
     # Expression block: s² Σ_ab M_ab G_ab — nine scaled Gram matrices per frame, summed inside the factorisation.
     metric = (data_scale[:, None, None] * lin.view_metric).reshape(n_frames, 9)
-    # Expression × (rotation, log-scale): Σ_k B_kᵀ P_fᵀ ∂π_k/∂(ω, log s) — back-project the four
-    # pose columns per landmark, then one (F·4, 3L) × (3L, n_e) product with the basis.
-    columns = jnp.moveaxis(lin.pose_jacobian[..., :4], -1, 1) * system.available[:, None]  # (F, 4, L, 2)
-    transformed = jnp.sum(lin.projection[:, None, None, :, :] * columns[..., None], 3).reshape(n_frames * 4, -1)
-    h_e_rs = (transformed @ _flat(system.expression)).reshape(n_frames, 4, n_e) * frame_weight[:, None, None]
+    # Expression × (rotation, log-scale): Σ_k B_kᵀ P_fᵀ ∂π_k/∂(ω, log s) = s² Σ_k B_kᵀ N X_k with
+    # N = M [v_m]× (rotation) or M (log-scale), M = R[:2]ᵀR[:2]. With X_k = X̄_k + B_k e_f that is
+    # s² Σ_ab N_ab (c_ab + G_ab e_f), c_ab = Σ_k B_k[a]ᵀ X̄_k[b] shared by the video: one
+    # (F, n_e) × (n_e, 9 n_e) product instead of a pass over the landmarks.
+    metric_3x3 = lin.view_metric
+    turn = jnp.einsum("fab,fmbc->fmac", metric_3x3, _skew(lin.rotation_axes))  # (F, 3, 3, 3)
+    mixing = jnp.concatenate([turn, metric_3x3[:, None]], 1).reshape(n_frames, 4, 9)
+    rigid = system.mean + (_flat(system.identity) @ identity).reshape(system.mean.shape)
+    shared = jnp.einsum("lan,lb->abn", system.expression, rigid).reshape(9, n_e)
+    gram_e = (expression @ system.expression_gram.reshape(9 * n_e, n_e).T).reshape(n_frames, 9, n_e)
+    h_e_rs = (mixing.reshape(-1, 9) @ shared).reshape(n_frames, 4, n_e) + jnp.sum(
+        mixing[..., None] * gram_e[:, None], 2
+    )
+    h_e_rs = h_e_rs * data_scale[:, None, None]
     # Expression × translation: face_pixels · (Σ_k B_k)ᵀ P_fᵀ.
     h_e_t = (lin.projection.reshape(n_frames * 2, 3) @ system.expression_sum).reshape(n_frames, 2, n_e)
     h_e_t = h_e_t * (frame_weight * lin.face_pixels)[:, None, None]
@@ -548,7 +560,7 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
     imputed (see the module docstring).
     """
     lin = _linearise(params, system, points, weights, face_pixels)
-    blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, majorise)
+    blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, majorise)
     return blocks.frames(system.expression_gram), blocks.identity
 
 
@@ -673,8 +685,10 @@ def _sampled_schur(system, lin, blocks: _Blocks, factor_of, free, g_frames, samp
     coupling = jnp.concatenate(coupling, -1)  # (K, n_z, n_g)
     n_global = coupling.shape[-1]
     rhs = jnp.concatenate([coupling, (g_frames * free)[index][..., None]], -1)
-    solved = spd_blocks.solve(factor_of(index), rhs)
-    eliminated = (weight[:, None, None] * coupling).reshape(-1, n_global).T @ solved.reshape(-1, n_global + 1)
+    # Bᵀ D⁻¹ [B, g] = (L⁻¹ B)ᵀ (L⁻¹ [B, g]): one forward substitution per sampled frame.
+    reduced = spd_blocks.solve_lower(factor_of(index), rhs)
+    weighted = weight[:, None, None] * reduced[..., :n_global]
+    eliminated = weighted.reshape(-1, n_global).T @ reduced.reshape(-1, n_global + 1)
     schur = jax.scipy.linalg.block_diag(*own) - eliminated[:, :n_global]
     prior = jnp.concatenate([jnp.full((n_i,), identity_prior), jnp.zeros((n_global - n_i,))]).astype(schur.dtype)
     schur = 0.5 * (schur + schur.T) + jnp.diag(prior)
@@ -874,7 +888,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
     n_frames = params.expression.shape[0]
     dtype = params.expression.dtype
     lin = _linearise(params, system, points, weights, face_pixels)
-    blocks = _blocks(system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
+    blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
     free = jnp.concatenate([free_expression, jnp.ones((n_frames, POSE_SIZE), dtype)], -1)
     factor = _factor_blocks(blocks.frames(system.expression_gram), free)
     schur, _ = _sampled_schur(
@@ -953,7 +967,7 @@ def gauss_newton(
         params, current, previous_step, iteration, _ = state
         lin = _linearise(params, system, points, weights, face_pixels)
         g_identity, g_frames = _gradient(params, system, lin, exists, landmark_weight, config)
-        blocks = _blocks(system, lin, weights, exists, landmark_weight, config, majorise=True)
+        blocks = _blocks(params, system, lin, weights, exists, landmark_weight, config, majorise=True)
         identity_step, frame_step, global_step = _newton_step(
             params, system, lin, blocks, g_identity, g_frames, previous_step, config
         )

@@ -231,7 +231,51 @@ void factor_gram_chunk(const S* metric, const S* gram, const S* border, const S*
   std::memcpy(interleaved, lanes, sizeof(S) * n * n * W);
 }
 
-template <typename S>
+// Forward (L y = b) and, unless kForwardOnly, backward (Lᵀ x = y) substitution
+// on W interleaved systems with k right-hand sides, in place in X (n × k).
+// Four source rows at a time, so each target row is loaded and stored once per
+// four multiply-adds.
+template <typename S, bool kForwardOnly>
+void substitute_lanes(const typename Lanes<S>::Vector* L, typename Lanes<S>::Vector* X, int64_t n, int64_t k) {
+  using V = typename Lanes<S>::Vector;
+  for (int64_t i = 0; i < n; ++i) {
+    V* xi = X + i * k;
+    const V* li = L + i * n;
+    int64_t j = 0;
+    for (; j + 3 < i; j += 4) {
+      const V l0 = li[j], l1 = li[j + 1], l2 = li[j + 2], l3 = li[j + 3];
+      const V *x0 = X + j * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= l0 * x0[c] + l1 * x1[c] + l2 * x2[c] + l3 * x3[c];
+    }
+    for (; j < i; ++j) {
+      const V lij = li[j];
+      const V* xj = X + j * k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= lij * xj[c];
+    }
+    const V inverse = S(1) / li[i];
+    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
+  }
+  if (kForwardOnly) return;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    V* xi = X + i * k;
+    int64_t j = i + 1;
+    for (; j + 3 < n; j += 4) {
+      const V l0 = L[j * n + i], l1 = L[(j + 1) * n + i], l2 = L[(j + 2) * n + i], l3 = L[(j + 3) * n + i];
+      const V *x0 = X + j * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= l0 * x0[c] + l1 * x1[c] + l2 * x2[c] + l3 * x3[c];
+    }
+    for (; j < n; ++j) {
+      const V lji = L[j * n + i];
+      const V* xj = X + j * k;
+      for (int64_t c = 0; c < k; ++c) xi[c] -= lji * xj[c];
+    }
+    const V inverse = S(1) / L[i * n + i];
+    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
+  }
+}
+
+// L Lᵀ x = b, or with kForwardOnly L y = b.
+template <typename S, bool kForwardOnly>
 void solve_chunk(const S* factor, const S* rhs, S* out, int64_t first, int64_t count, int64_t n, int64_t k) {
   using V = typename Lanes<S>::Vector;
   constexpr int64_t W = Lanes<S>::kWidth;
@@ -254,28 +298,7 @@ void solve_chunk(const S* factor, const S* rhs, S* out, int64_t first, int64_t c
       }
     }
   }
-  V* L = lower.get();
-  V* X = x.get();
-  for (int64_t i = 0; i < n; ++i) {  // L y = b
-    V* xi = X + i * k;
-    for (int64_t j = 0; j < i; ++j) {
-      const V lij = L[i * n + j];
-      const V* xj = X + j * k;
-      for (int64_t c = 0; c < k; ++c) xi[c] -= lij * xj[c];
-    }
-    const V inverse = S(1) / L[i * n + i];
-    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
-  }
-  for (int64_t i = n - 1; i >= 0; --i) {  // Lᵀ x = y
-    V* xi = X + i * k;
-    for (int64_t j = i + 1; j < n; ++j) {
-      const V lji = L[j * n + i];
-      const V* xj = X + j * k;
-      for (int64_t c = 0; c < k; ++c) xi[c] -= lji * xj[c];
-    }
-    const V inverse = S(1) / L[i * n + i];
-    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
-  }
+  substitute_lanes<S, kForwardOnly>(lower.get(), x.get(), n, k);
   for (int64_t t = 0; t < count; ++t) {
     S* o = out + (first + t) * n * k;
     for (int64_t i = 0; i < n; ++i)
@@ -301,28 +324,7 @@ void solve_interleaved_chunk(const S* chunk, const S* rhs, S* out, int64_t first
       for (int64_t c = 0; c < k; ++c) b[(i * k + c) * W + t] = t < count ? r[i * k + c] : S(0);
   }
   // Padding lanes hold identity factors (factor_gram writes them so).
-  const V* L = lower.get();
-  V* X = x.get();
-  for (int64_t i = 0; i < n; ++i) {
-    V* xi = X + i * k;
-    for (int64_t j = 0; j < i; ++j) {
-      const V lij = L[i * n + j];
-      const V* xj = X + j * k;
-      for (int64_t c = 0; c < k; ++c) xi[c] -= lij * xj[c];
-    }
-    const V inverse = S(1) / L[i * n + i];
-    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
-  }
-  for (int64_t i = n - 1; i >= 0; --i) {
-    V* xi = X + i * k;
-    for (int64_t j = i + 1; j < n; ++j) {
-      const V lji = L[j * n + i];
-      const V* xj = X + j * k;
-      for (int64_t c = 0; c < k; ++c) xi[c] -= lji * xj[c];
-    }
-    const V inverse = S(1) / L[i * n + i];
-    for (int64_t c = 0; c < k; ++c) xi[c] *= inverse;
-  }
+  substitute_lanes<S, false>(lower.get(), x.get(), n, k);
   for (int64_t t = 0; t < count; ++t) {
     S* o = out + (first + t) * n * k;
     for (int64_t i = 0; i < n; ++i)
@@ -458,7 +460,7 @@ ffi::Error solve_interleaved_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, f
   return ffi::Error::Success();
 }
 
-template <ffi::DataType T>
+template <ffi::DataType T, bool kForwardOnly>
 ffi::Error solve_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, ffi::Buffer<T> rhs,
                       ffi::ResultBuffer<T> solution) {
   using S = ffi::NativeType<T>;
@@ -475,7 +477,7 @@ ffi::Error solve_impl(ffi::ThreadPool pool, ffi::Buffer<T> factor, ffi::Buffer<T
   const S* b = rhs.typed_data();
   S* out = solution->typed_data();
   for_chunks(pool, matrices, Lanes<S>::kWidth,
-             [&](int64_t first, int64_t count) { solve_chunk<S>(f, b, out, first, count, n, k); });
+             [&](int64_t first, int64_t count) { solve_chunk<S, kForwardOnly>(f, b, out, first, count, n, k); });
   return ffi::Error::Success();
 }
 
@@ -503,10 +505,12 @@ DEEPEXP3D_DEFINE(SpdFactorF32, factor_impl, ffi::F32,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
 DEEPEXP3D_DEFINE(SpdFactorF64, factor_impl, ffi::F64,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F64>>().Arg<ffi::Buffer<ffi::F64>>().Ret<ffi::Buffer<ffi::F64>>());
-DEEPEXP3D_DEFINE(SpdSolveF32, solve_impl, ffi::F32,
-                 ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
-DEEPEXP3D_DEFINE(SpdSolveF64, solve_impl, ffi::F64,
-                 ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F64>>().Arg<ffi::Buffer<ffi::F64>>().Ret<ffi::Buffer<ffi::F64>>());
+#define DEEPEXP3D_SOLVE_BINDING(TYPE) \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<TYPE>>().Arg<ffi::Buffer<TYPE>>().Ret<ffi::Buffer<TYPE>>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdSolveF32, (solve_impl<ffi::F32, false>), DEEPEXP3D_SOLVE_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdSolveF64, (solve_impl<ffi::F64, false>), DEEPEXP3D_SOLVE_BINDING(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdSolveLowerF32, (solve_impl<ffi::F32, true>), DEEPEXP3D_SOLVE_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpdSolveLowerF64, (solve_impl<ffi::F64, true>), DEEPEXP3D_SOLVE_BINDING(ffi::F64));
 DEEPEXP3D_DEFINE(SpdSolveInterleavedF32, solve_interleaved_impl, ffi::F32,
                  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
 DEEPEXP3D_DEFINE(SpdSolveInterleavedF64, solve_interleaved_impl, ffi::F64,
