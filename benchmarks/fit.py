@@ -10,7 +10,11 @@ Prints one JSON object per line:
 * ``video_fit_scaling`` — the time ratio of the longest to the shortest video
   (target ≤ 4.4 for 8k/2k: linear in frames);
 * ``video_fit_batch`` — frames/s of :func:`fitting.batch.fit_videos` on a batch
-  of videos of one bucket.
+  of videos of one bucket;
+* ``video_fit_lapack`` — the same fit of the shortest video with the per-frame
+  factorisations on ``jax.lax.linalg`` (LAPACK) instead of the compiled kernel
+  of :mod:`fitting.spd_blocks` (a subprocess with ``DEEPEXP3D_NATIVE_KERNELS=0``,
+  same machine, same run), and the speed-up ratio.
 
 Every line carries the machine (platform, CPU count, load average, versions,
 JAX backend and devices) and the solver structure. OpenBLAS, which runs the
@@ -33,6 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy/SciPy/jaxlib 
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +50,7 @@ import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 import morphable  # noqa: E402
+from fitting import spd_blocks  # noqa: E402
 from fitting.batch import bucket_length, fit_videos  # noqa: E402
 from fitting.video import STRUCTURE, VideoFitConfig, _fit_video_jit  # noqa: E402
 
@@ -67,6 +73,7 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "native_kernels": spd_blocks.native_available(),
     }
 
 
@@ -110,6 +117,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-videos", type=int, default=8)
     parser.add_argument("--batch-frames", type=int, default=1000)
     parser.add_argument("--cache-dir", default=os.environ.get("DEEPEXP3D_TEST_CACHE"))
+    parser.add_argument("--no-lapack-baseline", action="store_true", help="skip the video_fit_lapack line")
+    parser.add_argument("--only-video-fit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from morphable.io import load_ict
@@ -151,6 +160,8 @@ def main(argv=None) -> None:
             ),
             flush=True,
         )
+    if args.only_video_fit:
+        return
     if len(seconds) >= 2:
         short, long = min(seconds), max(seconds)
         print(
@@ -185,6 +196,32 @@ def main(argv=None) -> None:
                     "bucket": buckets[0],
                     "seconds": round(elapsed, 4),
                     "frames_per_second": round(total / elapsed, 1),
+                }
+            ),
+            flush=True,
+        )
+
+    if not args.no_lapack_baseline and spd_blocks.native_available():
+        short = min(args.frames)
+        command = [sys.executable, __file__, "--frames", str(short), "--repeats", str(args.repeats)]
+        command += ["--iterations", str(args.iterations), "--only-video-fit"]
+        if args.cache_dir:
+            command += ["--cache-dir", args.cache_dir]
+        environment = {**os.environ, spd_blocks.NATIVE_ENV: "0"}
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        baseline = json.loads(done.stdout.strip().splitlines()[-1])
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "benchmark": "video_fit_lapack",
+                    "frames": short,
+                    "lapack_seconds": baseline["seconds"],
+                    "lapack_frames_per_second": baseline["frames_per_second"],
+                    "kernel_seconds": round(seconds[short], 4),
+                    "kernel_frames_per_second": round(short / seconds[short], 1),
+                    "speedup": round(baseline["seconds"] / seconds[short], 2),
+                    "lapack_landmark_rmse_px": baseline["landmark_rmse_px"],
                 }
             ),
             flush=True,

@@ -59,12 +59,15 @@ __all__ = ["VideoFitConfig", "VideoFitResult", "fit_video", "fit_video_arrays", 
 STRUCTURE = (
     "Gauss-Newton, one jitted while_loop, time and memory linear in frames; only the 68 landmark rows of the "
     "bases; per-frame expression normal blocks from 9 precomputed Gram matrices G_ab (and identity blocks with "
-    "frame scalars summed first); per-frame (n_e+6)^2 blocks factorised every iteration (one batched LAPACK "
-    "Cholesky + one triangular-solve pair); identity (and a temporal anchor) by exact elimination of the frames "
-    "over a 2-D global subspace whose direction comes from the 100-right-hand-side Schur complement computed on "
-    "a fixed sample of 64 frames (not all frames); temporal terms through a diagonal majoriser centred on the "
-    "anchor (one majorised block-Jacobi sweep per iteration, no block-tridiagonal solve); projected Newton with a "
-    "low-rank bound correction for blendshape bounds; backtracking line search"
+    "frame scalars summed first; expression x rotation/scale coupling from G_ab and the frame's expression); "
+    "per-frame (n_e+6)^2 blocks assembled and factorised every iteration inside one batched SIMD Cholesky kernel "
+    "(XLA FFI on CPU, 16 frames per AVX lane group, LAPACK/cuSOLVER elsewhere) + one substitution pass with "
+    "11 right-hand sides; identity (and a temporal anchor) by exact elimination of the frames over a 2-D global "
+    "subspace whose direction comes from the 100-right-hand-side Schur complement computed on a fixed sample of "
+    "64 frames (forward substitution only); temporal terms through a diagonal majoriser centred on the anchor "
+    "(one majorised block-Jacobi sweep per iteration, no block-tridiagonal solve); projected Newton with a "
+    "low-rank bound correction for blendshape bounds; backtracking line search; batches: shard_map over devices, "
+    "videos of a CPU shard one after another"
 )
 """One-line description of the solver's structure (reported by ``benchmarks/fit.py``)."""
 
