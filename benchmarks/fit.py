@@ -2,6 +2,11 @@
 
 Prints one JSON object per line:
 
+* ``fit_image`` (two lines, contour fitting on and off) — eos-py ms/image vs
+  ours one image per call and batched on SFM-3448 and the LFPW photos, with
+  both landmark errors: ``benchmarks/fit_image.py`` run in the same process
+  (skip with ``--no-eos``; a ``fit_image_skipped`` line says why when eos-py
+  or the photos are missing);
 * ``video_fit`` — frames/s of :func:`fitting.video.fit_video` on synthetic
   ICT-FaceKit videos (100 identity, 53 expression components, 68 landmarks,
   exactly ``iterations`` Gauss–Newton iterations: tolerance 0), for each length
@@ -24,7 +29,7 @@ threads only add overhead (and spin when other processes share the cores).
 
 Usage::
 
-    python benchmarks/fit.py                 # 2k and 8k frames, a batch of 8 × 1,000
+    python benchmarks/fit.py                 # eos vs ours; 2k and 8k frames, a batch of 8 × 1,000
     python benchmarks/fit.py --frames 500 --batch-videos 2 --batch-frames 200 --repeats 1
 """
 
@@ -118,6 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-frames", type=int, default=1000)
     parser.add_argument("--cache-dir", default=os.environ.get("DEEPEXP3D_TEST_CACHE"))
     parser.add_argument("--no-lapack-baseline", action="store_true", help="skip the video_fit_lapack line")
+    parser.add_argument("--no-eos", action="store_true", help="skip the single-image comparison with eos-py")
     parser.add_argument("--only-video-fit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -132,6 +138,15 @@ def main(argv=None) -> None:
         "iterations": args.iterations,
         "structure": STRUCTURE,
     }
+
+    if not args.no_eos and not args.only_video_fit:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            import fit_image
+
+            fit_image.main([])
+        except (ImportError, SystemExit) as error:
+            print(json.dumps({**base, "benchmark": "fit_image_skipped", "reason": str(error)}), flush=True)
 
     seconds = {}
     for n_frames in args.frames:

@@ -111,12 +111,12 @@ def our_projections(model, result) -> np.ndarray:
     return scale * rotated[..., :2] * np.array([1.0, -1.0]) + np.asarray(result.camera.translation)[:, None, :]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=40, help="LFPW images fitted by both (accuracy, eos timing)")
     parser.add_argument("--batch", type=int, default=256, help="images per batched call of ours")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     root = data_dir()
     folder = root / "landmark-images" / "lfpw-train"
