@@ -791,3 +791,22 @@ def test_solve_lower_is_forward_substitution(dtype, k):
         )
     with pytest.raises(ValueError, match="solve_lower"):
         spd_blocks.solve_lower(jnp.eye(3), jnp.ones((4, 1)))
+
+
+def test_failed_kernel_build_warns_and_falls_back_to_lapack(monkeypatch, tmp_path):
+    """A compiler that fails: one warning, ``native_available()`` is False and the LAPACK path answers."""
+    monkeypatch.setenv("CXX", "/bin/false")
+    monkeypatch.setenv("DEEPEXP3D_CACHE", str(tmp_path))
+    monkeypatch.delenv(spd_blocks.NATIVE_ENV, raising=False)
+    spd_blocks._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="using LAPACK"):
+            assert not spd_blocks.native_available()
+        blocks = jnp.asarray(_spd(np.random.default_rng(3), 5, 4), jnp.float32)
+        np.testing.assert_allclose(
+            np.asarray(spd_blocks.factor(blocks)), np.linalg.cholesky(np.asarray(blocks, np.float64)), atol=1e-5
+        )
+        assert not list(tmp_path.glob("kernels/*.so"))
+    finally:
+        monkeypatch.undo()
+        spd_blocks._library.cache_clear()
