@@ -504,8 +504,8 @@ def factor_inverse_diagonal(lower: jax.Array) -> jax.Array:
       ``(..., n)``.
 
     Examples:
-      >>> factor_inverse_diagonal(factor(jnp.array([[4.0, 0.0], [0.0, 0.5]])))
-      Array([0.25, 2.  ], dtype=float32)
+      >>> factor_inverse_diagonal(factor(jnp.array([[4.0, 0.0], [0.0, 0.25]])))
+      Array([0.25, 4.  ], dtype=float32)
     """
     return _factor_inverse_diagonal(jnp.asarray(lower))
 
@@ -523,7 +523,7 @@ def inverse_diagonal(blocks: jax.Array) -> jax.Array:
       ``(..., n)`` ``diag(A⁻¹)``.
 
     Examples:
-      >>> inverse_diagonal(jnp.array([[4.0, 0.0], [0.0, 0.5]]))
-      Array([0.25, 2.  ], dtype=float32)
+      >>> inverse_diagonal(jnp.array([[4.0, 0.0], [0.0, 0.25]]))
+      Array([0.25, 4.  ], dtype=float32)
     """
     return factor_inverse_diagonal(factor(blocks))
