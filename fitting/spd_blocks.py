@@ -254,7 +254,8 @@ def _gram_arguments(metric, gram, border, corner, shift, free):
     dtype = metric.dtype
     gram, border, corner, shift = (x.astype(dtype) for x in (gram, border, corner, shift))
     m, p = gram.shape[-1], border.shape[-2]
-    gram = gram.reshape(-1, m, m)  # (3, 3, m, m) is accepted too
+    if gram.ndim == 4:  # (3, 3, m, m) is accepted too
+        gram = gram.reshape(gram.shape[0] * gram.shape[1], m, m)
     batch = metric.shape[:-1]
     if metric.shape[-1] != 9 or gram.shape != (9, m, m):
         raise ValueError(f"factor_gram: metric (..., 9) and gram (9, m, m) expected, got {metric.shape}, {gram.shape}")
@@ -293,6 +294,8 @@ def factor_gram(metric, gram, border, corner, shift, free=None) -> jax.Array:
       True
     """
     metric, gram, border, corner, shift, free = _gram_arguments(metric, gram, border, corner, shift, free)
+    if gram.shape[-1] == 0:  # no Gram part (e.g. a model without expressions): nothing for the kernel to assemble
+        return _factor_gram_lapack(metric, gram, border, corner, shift, free)
     return _factor_gram(metric, gram, border, corner, shift, free)
 
 
@@ -360,6 +363,8 @@ def factor_gram_interleaved(metric, gram, border, corner, shift, free=None) -> j
     metric, gram, border, corner, shift, free = _gram_arguments(metric, gram, border, corner, shift, free)
     if metric.ndim < 2:
         raise ValueError(f"factor_gram_interleaved: metric must be (..., F, 9), got {metric.shape}")
+    if gram.shape[-1] == 0:
+        return _factor_gram_interleaved_lapack(metric, gram, border, corner, shift, free)
     return _factor_gram_interleaved(metric, gram, border, corner, shift, free)
 
 

@@ -299,7 +299,7 @@ def _landmark_weight(config: "VideoFitConfig", face_pixels: jax.Array) -> jax.Ar
 
 def _flat(basis: jax.Array) -> jax.Array:
     """``(L, 3, n)`` → ``(3L, n)``: contractions with the bases become plain matrix products."""
-    return basis.reshape(-1, basis.shape[-1])
+    return basis.reshape(basis.shape[0] * basis.shape[1], basis.shape[-1])
 
 
 def _landmark_points(params: VideoParameters, system: LandmarkSystem) -> jax.Array:

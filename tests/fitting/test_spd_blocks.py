@@ -810,3 +810,22 @@ def test_failed_kernel_build_warns_and_falls_back_to_lapack(monkeypatch, tmp_pat
     finally:
         monkeypatch.undo()
         spd_blocks._library.cache_clear()
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_factor_gram_without_gram_part(interleaved):
+    """m = 0 (a model without expression components): only the pose corner is factorised."""
+    rng = np.random.default_rng(5)
+    corner = _spd(rng, 20, 6)
+    args = (
+        jnp.ones((20, 9), jnp.float32),
+        jnp.zeros((9, 0, 0), jnp.float32),
+        jnp.zeros((20, 6, 0), jnp.float32),
+        jnp.asarray(corner, jnp.float32),
+        jnp.zeros((20, 6), jnp.float32),
+    )
+    if interleaved:
+        got = spd_blocks.take_interleaved(fast.factor_gram_interleaved(*args), jnp.arange(20))
+    else:
+        got = fast.factor_gram(*args)
+    np.testing.assert_allclose(np.asarray(got), np.linalg.cholesky(corner), rtol=1e-4, atol=1e-5)

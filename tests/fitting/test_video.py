@@ -329,3 +329,21 @@ def test_recovery_on_synthetic_ict_video(ict_model):
     per_frame_error = np.asarray(per_frame.expression[:, 0]) - expression
     per_frame_rmse = float(np.sqrt(np.mean(per_frame_error[valid] ** 2)))
     assert video_rmse < 0.9 * per_frame_rmse, (video_rmse, per_frame_rmse)
+
+
+def test_model_without_expressions_fits_rigid_video():
+    """A model with no expression components (identity only) fits a rigid face exactly."""
+    rng = np.random.default_rng(0)
+    model = morphable.make_model(
+        rng.normal(size=(70, 3)) * [4.0, 5.0, 2.0],
+        rng.normal(size=(70, 3, 5)) * 0.3,
+        np.zeros((70, 3, 0)),
+        triangles=[[0, 1, 2]],
+        landmark_indices=range(68),
+    )
+    identity = jnp.asarray(rng.normal(size=5) * 0.5, jnp.float32)
+    points = np.asarray(morphable.landmarks(model, identity, jnp.zeros(0)))[:, :2] * 12.0 + 300.0
+    result = fit_video(model, np.repeat(points[None], 8, 0).astype(np.float32))
+    assert bool(result.valid)
+    assert result.expression.shape == (8, 0)
+    assert float(np.max(np.asarray(result.landmark_rmse))) < 0.05
