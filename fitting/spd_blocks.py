@@ -216,22 +216,23 @@ def factor(blocks: jax.Array, free: jax.Array | None = None) -> jax.Array:
     return _factor(blocks, free)
 
 
-def gram_blocks(metric, gram, border, corner, shift) -> jax.Array:
+def gram_blocks(metric, gram, border=None, corner=None, shift=None) -> jax.Array:
     """Assemble the blocks that :func:`factor_gram` factorises (for inspection and the LAPACK path).
 
     Args:
       metric: ``(..., 9)`` per-block weights of the nine Gram matrices.
       gram: ``(9, m, m)`` (or ``(3, 3, m, m)``) shared symmetric Gram matrices.
-      border: ``(..., p, m)`` the last ``p`` rows' leading part.
-      corner: ``(..., p, p)`` the trailing symmetric part.
-      shift: ``(..., m + p)`` added to the diagonal.
+      border: ``(..., p, m)`` the last ``p`` rows' leading part (default: none, ``p = 0``).
+      corner: ``(..., p, p)`` the trailing symmetric part (default: none).
+      shift: ``(..., m + p)`` added to the diagonal (default 0).
 
     Returns:
       ``(..., m + p, m + p)`` symmetric blocks
       ``[[Σ_ab metric_ab G_ab, borderᵀ], [border, corner]] + diag(shift)``.
     """
+    metric, gram, border, corner, shift, _ = _gram_arguments(metric, gram, border, corner, shift, None)
     m = gram.shape[-1]
-    leading = (metric @ gram.reshape(9, m * m).astype(metric.dtype)).reshape(*metric.shape[:-1], m, m)
+    leading = (metric @ gram.reshape(9, m * m)).reshape(*metric.shape[:-1], m, m)
     blocks = jnp.concatenate(
         [jnp.concatenate([leading, jnp.swapaxes(border, -1, -2)], -1), jnp.concatenate([border, corner], -1)], -2
     )
@@ -249,14 +250,16 @@ def _factor_gram_native(metric, gram, border, corner, shift, free):
 
 
 def _gram_arguments(metric, gram, border, corner, shift, free):
-    """Validated, dtype-matched arguments of :func:`factor_gram`."""
-    metric, gram, border, corner, shift = (jnp.asarray(x) for x in (metric, gram, border, corner, shift))
-    dtype = metric.dtype
-    gram, border, corner, shift = (x.astype(dtype) for x in (gram, border, corner, shift))
-    m, p = gram.shape[-1], border.shape[-2]
+    """Validated, dtype-matched arguments of :func:`factor_gram` (missing border/corner: ``p = 0``; shift: 0)."""
+    metric, gram = jnp.asarray(metric), jnp.asarray(gram)
+    dtype, batch, m = metric.dtype, metric.shape[:-1], gram.shape[-1]
+    border = jnp.zeros((*batch, 0, m), dtype) if border is None else jnp.asarray(border, dtype)
+    p = border.shape[-2] if border.ndim >= 2 else 0
+    corner = jnp.zeros((*batch, p, p), dtype) if corner is None else jnp.asarray(corner, dtype)
+    shift = jnp.zeros((*batch, m + p), dtype) if shift is None else jnp.asarray(shift, dtype)
+    gram = gram.astype(dtype)
     if gram.ndim == 4:  # (3, 3, m, m) is accepted too
         gram = gram.reshape(gram.shape[0] * gram.shape[1], m, m)
-    batch = metric.shape[:-1]
     if metric.shape[-1] != 9 or gram.shape != (9, m, m):
         raise ValueError(f"factor_gram: metric (..., 9) and gram (9, m, m) expected, got {metric.shape}, {gram.shape}")
     if border.shape != (*batch, p, m) or corner.shape != (*batch, p, p) or shift.shape != (*batch, m + p):
@@ -271,7 +274,7 @@ def _gram_arguments(metric, gram, border, corner, shift, free):
 _factor_gram = _accelerated(_factor_gram_native, _factor_gram_lapack)
 
 
-def factor_gram(metric, gram, border, corner, shift, free=None) -> jax.Array:
+def factor_gram(metric, gram, border=None, corner=None, shift=None, free=None) -> jax.Array:
     """:func:`factor` of the blocks :func:`gram_blocks` describes, without forming them in memory.
 
     The video fitter's per-frame normal blocks are nine scaled Gram matrices
@@ -338,7 +341,7 @@ def _factor_gram_interleaved_native(metric, gram, border, corner, shift, free):
 _factor_gram_interleaved = _accelerated(_factor_gram_interleaved_native, _factor_gram_interleaved_lapack)
 
 
-def factor_gram_interleaved(metric, gram, border, corner, shift, free=None) -> jax.Array:
+def factor_gram_interleaved(metric, gram, border=None, corner=None, shift=None, free=None) -> jax.Array:
     """:func:`factor_gram` with the factors interleaved lane by lane, for :func:`solve_interleaved`.
 
     Chunk ``c`` holds matrices ``c·W … c·W + W − 1`` (``W =`` :func:`lane_width`)
@@ -354,10 +357,11 @@ def factor_gram_interleaved(metric, gram, border, corner, shift, free=None) -> j
 
     Examples:
       >>> gram = jnp.zeros((9, 2, 2)).at[0].set(jnp.eye(2))
-      >>> args = (jnp.ones((3, 9)), gram, jnp.zeros((3, 0, 2)), jnp.zeros((3, 0, 0)), jnp.ones((3, 2)))
-      >>> factor_gram_interleaved(*args).shape
+      >>> metric, shift = jnp.ones((3, 9)), jnp.ones((3, 2))
+      >>> factor_gram_interleaved(metric, gram, shift=shift).shape
       (1, 2, 2, 16)
-      >>> bool(jnp.allclose(take_interleaved(factor_gram_interleaved(*args), jnp.arange(3)), factor_gram(*args)))
+      >>> bool(jnp.allclose(take_interleaved(factor_gram_interleaved(metric, gram, shift=shift), jnp.arange(3)),
+      ...                   factor_gram(metric, gram, shift=shift)))
       True
     """
     metric, gram, border, corner, shift, free = _gram_arguments(metric, gram, border, corner, shift, free)
@@ -420,6 +424,15 @@ def _solve_native(lower: jax.Array, rhs: jax.Array) -> jax.Array:
     return _call("solve", jax.ShapeDtypeStruct(rhs.shape, rhs.dtype), lower, rhs)
 
 
+def _solve_arguments(name: str, lower, rhs):
+    """``(lower, rhs)`` as arrays of the factors' dtype, their shapes checked."""
+    lower, rhs = jnp.asarray(lower), jnp.asarray(rhs)
+    rhs = rhs.astype(lower.dtype)
+    if rhs.shape[:-1] != lower.shape[:-1]:
+        raise ValueError(f"{name}: rhs {rhs.shape} does not match factors {lower.shape} (want (..., n, k))")
+    return lower, rhs
+
+
 _solve = _accelerated(_solve_native, _solve_lapack)
 
 
@@ -439,11 +452,7 @@ def solve(lower: jax.Array, rhs: jax.Array) -> jax.Array:
       >>> bool(jnp.allclose(a @ x, jnp.array([[2.0], [1.0]]), atol=1e-6))
       True
     """
-    lower, rhs = jnp.asarray(lower), jnp.asarray(rhs)
-    rhs = rhs.astype(lower.dtype)
-    if rhs.shape[:-1] != lower.shape[:-1]:
-        raise ValueError(f"solve: rhs {rhs.shape} does not match factors {lower.shape} (want (..., n, k))")
-    return _solve(lower, rhs)
+    return _solve(*_solve_arguments("solve", lower, rhs))
 
 
 def _solve_lower_lapack(lower: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -476,11 +485,7 @@ def solve_lower(lower: jax.Array, rhs: jax.Array) -> jax.Array:
       >>> bool(jnp.allclose(y.T @ y, jnp.linalg.inv(a), atol=1e-6))
       True
     """
-    lower, rhs = jnp.asarray(lower), jnp.asarray(rhs)
-    rhs = rhs.astype(lower.dtype)
-    if rhs.shape[:-1] != lower.shape[:-1]:
-        raise ValueError(f"solve_lower: rhs {rhs.shape} does not match factors {lower.shape} (want (..., n, k))")
-    return _solve_lower(lower, rhs)
+    return _solve_lower(*_solve_arguments("solve_lower", lower, rhs))
 
 
 # ---------------------------------------------------------------- inverse diagonal

@@ -231,9 +231,8 @@ def _expression_least_squares(system, camera, identity, points, weights, landmar
     # trace(normal) from the Gram matrices' traces: no pass over the (F, n_e, n_e) blocks.
     trace = scaled_metric @ jnp.trace(system.expression_gram, axis1=-2, axis2=-1).reshape(9)
     ridge = config.expression_prior_weight + config.damping + 1e-6 * trace / n_e
-    empty = jnp.zeros((points.shape[0], 0, n_e), points.dtype)
     shift = jnp.broadcast_to(ridge[:, None], (points.shape[0], n_e))
-    factor = spd_blocks.factor_gram(scaled_metric, system.expression_gram, empty, empty[:, :, :0], shift)
+    factor = spd_blocks.factor_gram(scaled_metric, system.expression_gram, shift=shift)
     expression = spd_blocks.solve(factor, rhs[..., None])[..., 0]
     expression = jnp.where(jnp.isfinite(expression), expression, 0.0)
     return jnp.clip(expression, system.lower, system.upper)

@@ -488,13 +488,17 @@ class _Blocks:
         """``(F, n_z, n_z)`` the blocks in memory (``gram``: the system's expression Gram matrices)."""
         return spd_blocks.gram_blocks(self.metric, gram, self.border, self.corner, self.shift)
 
-    def factor(self, gram: jax.Array, free: jax.Array) -> jax.Array:
-        """Interleaved Cholesky factors of the blocks with the held coordinates (``free == 0``) removed."""
-        return spd_blocks.factor_gram_interleaved(self.metric, gram, self.border, self.corner, self.shift, free)
+    def factor(self, gram: jax.Array, free: jax.Array, interleaved: bool = True) -> jax.Array:
+        """Cholesky factors of the blocks with the held coordinates (``free == 0``) removed.
+
+        Interleaved (:func:`fitting.spd_blocks.factor_gram_interleaved`) for the
+        solver's own solves, else ``(F, n_z, n_z)``.
+        """
+        factorise = spd_blocks.factor_gram_interleaved if interleaved else spd_blocks.factor_gram
+        return factorise(self.metric, gram, self.border, self.corner, self.shift, free)
 
 
 def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weight, config, majorise: bool) -> _Blocks:
-    identity, expression = params.identity, params.expression
     n_frames = lin.residual.shape[0]
     n_e = system.n_expression
     dtype = lin.residual.dtype
@@ -517,12 +521,11 @@ def _blocks(params, system, lin: _Linearisation, weights, exists, landmark_weigh
     # N = M [v_m]× (rotation) or M (log-scale), M = R[:2]ᵀR[:2]. With X_k = X̄_k + B_k e_f that is
     # s² Σ_ab N_ab (c_ab + G_ab e_f), c_ab = Σ_k B_k[a]ᵀ X̄_k[b] shared by the video: one
     # (F, n_e) × (n_e, 9 n_e) product instead of a pass over the landmarks.
-    metric_3x3 = lin.view_metric
-    turn = jnp.einsum("fab,fmbc->fmac", metric_3x3, _skew(lin.rotation_axes))  # (F, 3, 3, 3)
-    mixing = jnp.concatenate([turn, metric_3x3[:, None]], 1).reshape(n_frames, 4, 9)
-    rigid = system.mean + (_flat(system.identity) @ identity).reshape(system.mean.shape)
+    turn = jnp.einsum("fab,fmbc->fmac", lin.view_metric, _skew(lin.rotation_axes))  # (F, 3, 3, 3)
+    mixing = jnp.concatenate([turn, lin.view_metric[:, None]], 1).reshape(n_frames, 4, 9)
+    rigid = system.mean + (_flat(system.identity) @ params.identity).reshape(system.mean.shape)
     shared = jnp.einsum("lan,lb->abn", system.expression, rigid).reshape(9, n_e)
-    gram_e = (expression @ system.expression_gram.reshape(9 * n_e, n_e).T).reshape(n_frames, 9, n_e)
+    gram_e = (params.expression @ system.expression_gram.reshape(9 * n_e, n_e).T).reshape(n_frames, 9, n_e)
     h_e_rs = (mixing.reshape(-1, 9) @ shared).reshape(n_frames, 4, n_e) + jnp.sum(
         mixing[..., None] * gram_e[:, None], 2
     )
@@ -565,7 +568,7 @@ def frame_blocks(params, system, points, weights, exists, face_pixels, config, m
 
 
 def _expression_parts(params, system, weights, exists, face_pixels, config):
-    """Gram weights ``(F, 9)`` and diagonal ``(F, n_e)`` of :func:`expression_blocks`."""
+    """``(metric (F, 9), gram, shift (F, n_e))``: :func:`expression_blocks` for :mod:`fitting.spd_blocks`."""
     n_frames = params.expression.shape[0]
     rows = axis_angle_to_matrix(params.rotation)[:, :2]
     has_data = jnp.any(weights > 0, axis=-1).astype(rows.dtype)
@@ -576,7 +579,7 @@ def _expression_parts(params, system, weights, exists, face_pixels, config):
         + temporal_diagonal(exists, config.expression_velocity_weight, config.expression_acceleration_weight, False)
         + config.damping
     )
-    return metric.reshape(n_frames, 9), jnp.broadcast_to(diagonal[:, None], params.expression.shape)
+    return metric.reshape(n_frames, 9), system.expression_gram, jnp.broadcast_to(diagonal[:, None], params.expression.shape)
 
 
 def expression_blocks(params, system, weights, exists, face_pixels, config) -> jax.Array:
@@ -586,18 +589,14 @@ def expression_blocks(params, system, weights, exists, face_pixels, config) -> j
     diagonal of the temporal terms: the expression normal block with pose,
     identity and neighbouring frames fixed.
     """
-    metric, diagonal = _expression_parts(params, system, weights, exists, face_pixels, config)
-    n_frames = metric.shape[0]
-    empty = jnp.zeros((n_frames, 0, system.n_expression), metric.dtype)
-    return spd_blocks.gram_blocks(metric, system.expression_gram, empty, empty[:, :, :0], diagonal)
+    metric, gram, shift = _expression_parts(params, system, weights, exists, face_pixels, config)
+    return spd_blocks.gram_blocks(metric, gram, shift=shift)
 
 
 def expression_factor(params, system, weights, exists, face_pixels, config) -> jax.Array:
     """``(F, n_e, n_e)`` Cholesky factors of :func:`expression_blocks`, without forming the blocks."""
-    metric, diagonal = _expression_parts(params, system, weights, exists, face_pixels, config)
-    n_frames = metric.shape[0]
-    empty = jnp.zeros((n_frames, 0, system.n_expression), metric.dtype)
-    return spd_blocks.factor_gram(metric, system.expression_gram, empty, empty[:, :, :0], diagonal)
+    metric, gram, shift = _expression_parts(params, system, weights, exists, face_pixels, config)
+    return spd_blocks.factor_gram(metric, gram, shift=shift)
 
 
 def _cross(system, lin: _Linearisation, blocks: _Blocks, vectors: jax.Array) -> jax.Array:
@@ -734,31 +733,6 @@ def _small_spd_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, k, backward, jnp.zeros_like(rhs))
 
 
-def _factor(blocks: jax.Array) -> jax.Array:
-    """Batched Cholesky factors of SPD blocks ``(F, n, n)``.
-
-    A non-finite factor (a block that is not positive definite in float32) is
-    replaced by the square root of its diagonal: a scaled gradient step for
-    that frame.
-    """
-    n = blocks.shape[-1]
-    # The blocks are assembled symmetric: skip jnp.linalg.cholesky's symmetrisation pass.
-    factor = jax.lax.linalg.cholesky(blocks, symmetrize_input=False)
-    # A failed factorisation is NaN throughout, so its diagonal tells.
-    finite = jnp.all(jnp.isfinite(jnp.diagonal(factor, axis1=-2, axis2=-1)), axis=-1)
-    diagonal = jnp.sqrt(jnp.maximum(jnp.diagonal(blocks, axis1=-2, axis2=-1), 1e-12))[..., None] * jnp.eye(
-        n, dtype=blocks.dtype
-    )
-    return jnp.where(finite[:, None, None], factor, diagonal)
-
-
-def _factor_blocks(frames: jax.Array, free: jax.Array) -> jax.Array:
-    """Cholesky factors of the per-frame blocks with the held coordinates removed (rows/columns → identity)."""
-    n_z = frames.shape[-1]
-    eye = jnp.eye(n_z, dtype=frames.dtype)
-    return _factor(frames * free[:, :, None] * free[:, None, :] + (1.0 - free)[..., None] * eye)
-
-
 def _active_bounds(expression, gradient_e, system):
     """Projected-Newton active set: at a bound with the gradient pushing outwards."""
     at_lower = (expression <= system.lower + _BOUND_EPSILON) & (gradient_e > 0)
@@ -890,7 +864,7 @@ def block_preconditioner(params, system, points, weights, exists, face_pixels, c
     lin = _linearise(params, system, points, weights, face_pixels)
     blocks = _blocks(params, system, lin, weights, exists, _landmark_weight(config, face_pixels), config, False)
     free = jnp.concatenate([free_expression, jnp.ones((n_frames, POSE_SIZE), dtype)], -1)
-    factor = _factor_blocks(blocks.frames(system.expression_gram), free)
+    factor = blocks.factor(system.expression_gram, free, interleaved=False)
     schur, _ = _sampled_schur(
         system,
         lin,

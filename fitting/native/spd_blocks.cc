@@ -274,6 +274,38 @@ void substitute_lanes(const typename Lanes<S>::Vector* L, typename Lanes<S>::Vec
   }
 }
 
+// Lower triangles of the factors of matrices [first, first + count) into lanes
+// (identity factors in padding lanes; the upper triangle is not written).
+template <typename S>
+void load_factor_lanes(const S* factor, int64_t first, int64_t count, int64_t n, S* lanes) {
+  constexpr int64_t W = Lanes<S>::kWidth;
+  for (int64_t t = 0; t < W; ++t)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j <= i; ++j)
+        lanes[(i * n + j) * W + t] = t < count ? factor[((first + t) * n + i) * n + j] : (i == j ? S(1) : S(0));
+}
+
+// Right-hand sides of matrices [first, first + count) into lanes (zero in padding lanes).
+template <typename S>
+void load_rhs_lanes(const S* rhs, int64_t first, int64_t count, int64_t n, int64_t k, S* lanes) {
+  constexpr int64_t W = Lanes<S>::kWidth;
+  for (int64_t t = 0; t < W; ++t) {
+    const S* r = rhs + (first + t) * n * k;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < k; ++c) lanes[(i * k + c) * W + t] = t < count ? r[i * k + c] : S(0);
+  }
+}
+
+template <typename S>
+void store_solution_lanes(const S* lanes, int64_t first, int64_t count, int64_t n, int64_t k, S* out) {
+  constexpr int64_t W = Lanes<S>::kWidth;
+  for (int64_t t = 0; t < count; ++t) {
+    S* o = out + (first + t) * n * k;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < k; ++c) o[i * k + c] = lanes[(i * k + c) * W + t];
+  }
+}
+
 // L Lᵀ x = b, or with kForwardOnly L y = b.
 template <typename S, bool kForwardOnly>
 void solve_chunk(const S* factor, const S* rhs, S* out, int64_t first, int64_t count, int64_t n, int64_t k) {
@@ -283,31 +315,12 @@ void solve_chunk(const S* factor, const S* rhs, S* out, int64_t first, int64_t c
   std::unique_ptr<V[]> x(new V[n * k]);
   S* l = reinterpret_cast<S*>(lower.get());
   S* b = reinterpret_cast<S*>(x.get());
-  for (int64_t t = 0; t < W; ++t) {
-    if (t < count) {
-      const S* f = factor + (first + t) * n * n;
-      const S* r = rhs + (first + t) * n * k;
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = 0; j <= i; ++j) l[(i * n + j) * W + t] = f[i * n + j];
-        for (int64_t c = 0; c < k; ++c) b[(i * k + c) * W + t] = r[i * k + c];
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = 0; j <= i; ++j) l[(i * n + j) * W + t] = i == j ? S(1) : S(0);
-        for (int64_t c = 0; c < k; ++c) b[(i * k + c) * W + t] = S(0);
-      }
-    }
-  }
+  load_factor_lanes(factor, first, count, n, l);
+  load_rhs_lanes(rhs, first, count, n, k, b);
   substitute_lanes<S, kForwardOnly>(lower.get(), x.get(), n, k);
-  for (int64_t t = 0; t < count; ++t) {
-    S* o = out + (first + t) * n * k;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t c = 0; c < k; ++c) o[i * k + c] = b[(i * k + c) * W + t];
-  }
+  store_solution_lanes(b, first, count, n, k, out);
 }
 
-// diag((L Lᵀ)⁻¹) from the factor: Z = L⁻¹ by forward substitution, then
-// diag(A⁻¹)_j = Σ_i Z_ij² (column norms of L⁻¹).
 // As solve_chunk, with the factors already interleaved (one chunk: n * n * W scalars).
 template <typename S>
 void solve_interleaved_chunk(const S* chunk, const S* rhs, S* out, int64_t first, int64_t count, int64_t n,
@@ -318,18 +331,10 @@ void solve_interleaved_chunk(const S* chunk, const S* rhs, S* out, int64_t first
   std::unique_ptr<V[]> x(new V[n * k]);
   std::memcpy(lower.get(), chunk, sizeof(S) * n * n * W);
   S* b = reinterpret_cast<S*>(x.get());
-  for (int64_t t = 0; t < W; ++t) {
-    const S* r = rhs + (first + t) * n * k;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t c = 0; c < k; ++c) b[(i * k + c) * W + t] = t < count ? r[i * k + c] : S(0);
-  }
+  load_rhs_lanes(rhs, first, count, n, k, b);
   // Padding lanes hold identity factors (factor_gram writes them so).
   substitute_lanes<S, false>(lower.get(), x.get(), n, k);
-  for (int64_t t = 0; t < count; ++t) {
-    S* o = out + (first + t) * n * k;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t c = 0; c < k; ++c) o[i * k + c] = b[(i * k + c) * W + t];
-  }
+  store_solution_lanes(b, first, count, n, k, out);
 }
 
 template <typename S>
@@ -339,10 +344,7 @@ void inverse_diagonal_chunk(const S* factor, S* out, int64_t first, int64_t coun
   std::unique_ptr<V[]> lower(new V[n * n]);
   std::unique_ptr<V[]> inverse(new V[n * n]);
   S* l = reinterpret_cast<S*>(lower.get());
-  for (int64_t t = 0; t < W; ++t)
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j <= i; ++j)
-        l[(i * n + j) * W + t] = t < count ? factor[((first + t) * n + i) * n + j] : (i == j ? S(1) : S(0));
+  load_factor_lanes(factor, first, count, n, l);
   const V* L = lower.get();
   V* Z = inverse.get();
   for (int64_t i = 0; i < n; ++i) {
