@@ -254,17 +254,26 @@ def _print_images(report: dict) -> None:
         typer.echo(f"excluded class {name!r} ({count} images): {report['excluded_reason']}")
 
 
+# Options shared by `classifier train` and `classifier evaluate`.
+_LABELS = typer.Argument(..., help="CSV with path (or file), label and optional subject columns.")
+_TRIALS = typer.Option(20, help="Bayesian-optimisation trials (each a full cross-validation).")
+_FOLDS = typer.Option(10, help="Cross-validation folds (subject-disjoint when the CSV has subjects).")
+_MIN_PER_CLASS = typer.Option(30, help="Exclude classes with fewer images with a face.")
+_FEATURE_CACHE = typer.Option(None, help="Feature cache folder (default: $DEEPEXP3D_CACHE/features).")
+_NO_CACHE = typer.Option(False, "--no-cache", help="Fit every image afresh, keep nothing.")
+
+
 @classifier_app.command("train")
 def classifier_train(
-    labels: Path = typer.Argument(..., help="CSV with path (or file), label and optional subject columns."),
+    labels: Path = _LABELS,
     out: Path = typer.Option(..., help="Where to save the classifier (OUT.npz + OUT.json)."),
     kernel: str = typer.Option("rbf", help="SVM kernel: 'rbf' or 'linear'."),
-    trials: int = typer.Option(20, help="Bayesian-optimisation trials (each a full cross-validation)."),
-    folds: int = typer.Option(10, help="Cross-validation folds (subject-disjoint when the CSV has subjects)."),
-    min_per_class: int = typer.Option(30, help="Exclude classes with fewer images with a face."),
+    trials: int = _TRIALS,
+    folds: int = _FOLDS,
+    min_per_class: int = _MIN_PER_CLASS,
     model: str = typer.Option("ict-face", help="'ict-face', 'ict', 'sfm' or a native .npz model file."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: $DEEPEXP3D_CACHE/features)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Fit every image afresh, keep nothing."),
+    cache: Optional[Path] = _FEATURE_CACHE,
+    no_cache: bool = _NO_CACHE,
     seed: int = typer.Option(0, help="Seed of the folds, the search and the training."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -290,17 +299,17 @@ def classifier_train(
 
 @classifier_app.command("evaluate")
 def classifier_evaluate(
-    labels: Path = typer.Argument(..., help="CSV with path (or file), label and optional subject columns."),
+    labels: Path = _LABELS,
     out: Path = typer.Option(..., help="Output folder: report.json and confusion-matrix PNGs."),
     classifier: Optional[Path] = typer.Option(None, help="Score this trained classifier (held-out test)."),
     prior: bool = typer.Option(False, "--prior", help="Score only the label-free EMFACS prior."),
     kernel: str = typer.Option("rbf", help="SVM kernel of the cross-validated classifier: 'rbf' or 'linear'."),
-    trials: int = typer.Option(20, help="Bayesian-optimisation trials (each a full cross-validation)."),
-    folds: int = typer.Option(10, help="Cross-validation folds (subject-disjoint when the CSV has subjects)."),
-    min_per_class: int = typer.Option(30, help="Exclude classes with fewer images with a face."),
+    trials: int = _TRIALS,
+    folds: int = _FOLDS,
+    min_per_class: int = _MIN_PER_CLASS,
     model: str = typer.Option("ict-face", help="'ict-face', 'ict', 'sfm' or a native .npz model file."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: $DEEPEXP3D_CACHE/features)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Fit every image afresh, keep nothing."),
+    cache: Optional[Path] = _FEATURE_CACHE,
+    no_cache: bool = _NO_CACHE,
     seed: int = typer.Option(0, help="Seed of the folds, the search and the prior."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
